@@ -1,0 +1,141 @@
+"""The cliff application: global options and the per-invocation cache.
+
+Global options come before the command name and parsing stops at the
+command: ``crcache -s pool acquire`` sets the global source, while in
+``crcache run -s pool-0 echo`` the ``-s`` belongs to ``run``. (cliff's
+default parser would take option words from anywhere on the line.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from cliff import _argparse
+from cliff import app
+from cliff import commandmanager
+
+from crcache import version
+
+LOG = logging.getLogger(__name__)
+
+
+class GlobalParser(_argparse.ArgumentParser):
+    """Parses the options before the command name and nothing after."""
+
+    def split(self, args: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Split ``args`` into global options and the command line."""
+        args = list(args)
+        i = 0
+        while i < len(args):
+            word = args[i]
+            if word == '--':
+                return args[:i], args[i + 1:]
+            if not word.startswith('-') or word == '-':
+                break
+            if word.startswith('--'):
+                action = self._option_string_actions.get(
+                    word.split('=', 1)[0])
+                takes_value = '=' not in word
+            else:
+                action = self._option_string_actions.get(word[:2])
+                takes_value = len(word) == 2
+            if action is not None and action.nargs != 0 and takes_value:
+                i += 1
+            i += 1
+        return args[:i], args[i:]
+
+    def parse_known_args(self, args: Sequence[str] | None = None,
+                         namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        head, command = self.split(sys.argv[1:] if args is None else args)
+        options, unknown = super().parse_known_args(head, namespace)
+        if unknown:
+            self.error(f"unrecognized global option: {' '.join(unknown)}")
+        return options, command
+
+
+class CrcacheApp(app.App):
+    """crcache's command line application."""
+
+    CONSOLE_MESSAGE_FORMAT = 'crcache: %(message)s'
+    # Warnings and errors by default; -v for progress detail, -vv debug.
+    DEFAULT_VERBOSE_LEVEL = 0
+
+    def __init__(self) -> None:
+        super().__init__(
+            description='Obtain, use, cache and discard compute resources.',
+            version=version.version_string(),
+            command_manager=commandmanager.CommandManager('crcache.cmd'),
+            deferred_help=True,
+        )
+        self._cache: Any = None
+
+    def build_option_parser(self, description: str | None,
+                            version: str | None,
+                            argparse_kwargs: dict[str, Any] | None = None
+                            ) -> argparse.ArgumentParser:
+        parser = GlobalParser(description=description, add_help=False,
+                              allow_abbrev=False,
+                              **(argparse_kwargs or {}))
+        parser.add_argument('--version', action='version',
+                            version=f'crcache {version}')
+        verbosity = parser.add_mutually_exclusive_group()
+        verbosity.add_argument(
+            '-v', '--verbose', action='count', dest='verbose_level',
+            default=self.DEFAULT_VERBOSE_LEVEL,
+            help='Report more of what is happening on stderr; repeat for '
+                 'debug detail.')
+        verbosity.add_argument(
+            '-q', '--quiet', action='store_const', dest='verbose_level',
+            const=0, help='Report only warnings and errors (the default).')
+        parser.add_argument(
+            '--log-file', metavar='FILE',
+            help='Also write a detailed log to FILE.')
+        parser.add_argument(
+            '-h', '--help', dest='deferred_help', action='store_true',
+            help='Show this help, or a command\'s with COMMAND --help.')
+        parser.add_argument(
+            '--debug', action='store_true', default=False,
+            help='Show tracebacks on errors.')
+        parser.add_argument(
+            '-s', '--source', metavar='SOURCE',
+            help='The source for commands that take one, such as acquire '
+                 '(default: local).')
+        return parser
+
+    def configure_logging(self) -> None:
+        super().configure_logging()
+        # Library chatter (paramiko, stevedore) only when asked for.
+        if self.options.verbose_level < 2:
+            for name in ('paramiko', 'stevedore', 'docker', 'urllib3'):
+                logging.getLogger(name).setLevel(logging.WARNING)
+
+    def interact(self) -> None:
+        # crcache has no interactive mode: with no command, show the help.
+        self.options.deferred_help = True
+        self.print_help_if_requested()
+
+    @property
+    def cache(self) -> Any:
+        """The configuration and state store, opened on first use."""
+        if self._cache is None:
+            from crcache import cache
+            from crcache import config
+            from crcache import store
+            self._cache = cache.Cache(config.Config(), store.open_store())
+        return self._cache
+
+    def clean_up(self, cmd: Any, result: int,
+                 err: BaseException | None) -> None:
+        if self._cache is not None:
+            self._cache.store.close()
+            self._cache = None
+
+
+def run(argv: list[str]) -> int:
+    """Run one crcache command line in this process; return the status."""
+    return CrcacheApp().run(argv)

@@ -1,0 +1,28 @@
+"""``crcache release``: return instances to their sources."""
+
+from __future__ import annotations
+
+import argparse
+
+from crcache.cmd import base
+
+
+class Release(base.Command):
+    """Return acquired instances to their sources.
+
+    Each instance is kept cached if its source's reserve wants it, and
+    discarded otherwise. Every name is tried: a name that is unknown or
+    not acquired is reported at the end and the exit status is non-zero,
+    but the other instances are still released. No names at all is a
+    successful no-op.
+    """
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument('instances', nargs='*', metavar='INSTANCE',
+                            help='Instances to release.')
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> None:
+        if parsed_args.instances:
+            self.cache.release(parsed_args.instances)

@@ -1,0 +1,160 @@
+"""``crcache status``: sources, their instances and their limits."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from crcache import exceptions
+from crcache.cmd import base
+
+COLUMNS = ('source', 'cached', 'in-use', 'max')
+INSTANCE_COLUMNS = ('name', 'source', 'state', 'concurrency', 'held-by',
+                    'since')
+QUERIES = ('cached', 'in-use', 'max', 'available')
+
+
+def _holder_text(inst: Any) -> str | None:
+    if inst.parent:
+        return inst.parent
+    holder = inst.holder
+    if not holder:
+        return None
+    return f"{holder.get('user')}@{holder.get('host')} pid {holder.get('pid')}"
+
+
+def _since_text(inst: Any) -> str:
+    return time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(inst.updated))
+
+
+def query(statuses: list, what: str) -> str:
+    """Sum one figure over ``statuses``; see the --query help."""
+    if what == 'cached':
+        return str(sum(s.cached for s in statuses))
+    if what == 'in-use':
+        return str(sum(s.in_use for s in statuses))
+    if what == 'max':
+        if any(not s.maximum for s in statuses):
+            return '0'
+        return str(sum(s.maximum for s in statuses))
+    if any(s.available is None for s in statuses):
+        return 'unlimited'
+    return str(sum(s.available for s in statuses))
+
+
+class Status(base.Lister):
+    """Show each source's cached and in-use instances and its maximum.
+
+    A maximum of 0 means the source has no limit. Pool instances hold an
+    instance of one of the pool's sources, which therefore shows as in use
+    by its own source as well.
+    """
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument(
+            'sources', nargs='*', metavar='SOURCE',
+            help='Only show these sources (default: all, or the global '
+                 '-s source).')
+        parser.add_argument(
+            '-t', '--tree', action='store_true',
+            help='List each pool with the sources it draws from indented '
+                 'beneath it.')
+        parser.add_argument(
+            '-v', '--verbose', action='store_true',
+            help='Also list every instance: its name, source, state, '
+                 'concurrency and holder. Machine formats (-f json ...) '
+                 'then list the instances only.')
+        parser.add_argument(
+            '-a', '--all', action='store_true', dest='all_definitions',
+            help='Also list source definitions shadowed by an earlier '
+                 'configuration root, with the file of each definition.')
+        parser.add_argument(
+            '--query', choices=QUERIES,
+            help='Print one number summed over the selected sources: '
+                 'cached, in-use, max (0 when any has no limit) or '
+                 'available (how many an acquire could get now; '
+                 '"unlimited" when any has no limit).')
+        return parser
+
+    def _selected(self, parsed_args: argparse.Namespace) -> list[str]:
+        if parsed_args.sources:
+            return parsed_args.sources
+        global_source = getattr(self.app.options, 'source', None)
+        return [global_source] if global_source else []
+
+    def take_action(self, parsed_args: argparse.Namespace
+                    ) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        statuses = self.cache.status(self._selected(parsed_args) or None)
+        if parsed_args.query:
+            parsed_args.formatter = 'value'
+            parsed_args.columns = []
+            return ('value',), [(query(statuses, parsed_args.query),)]
+        if parsed_args.verbose:
+            self._summary = self._source_rows(statuses, parsed_args)
+            names = [s.name for s in statuses]
+            return INSTANCE_COLUMNS, [
+                (i.name, i.source, i.state, i.concurrency, _holder_text(i),
+                 _since_text(i))
+                for i in self.cache.instances(names)]
+        return self._source_rows(statuses, parsed_args)
+
+    def _source_rows(self, statuses: list, parsed_args: argparse.Namespace
+                     ) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        by_name = {s.name: s for s in statuses}
+        columns: tuple[str, ...] = COLUMNS
+        if parsed_args.all_definitions:
+            columns = COLUMNS + ('path', 'shadowed')
+
+        def row(status: Any, label: str | None = None) -> tuple[Any, ...]:
+            values: tuple[Any, ...] = (
+                label or status.name, status.cached, status.in_use,
+                status.maximum)
+            if parsed_args.all_definitions:
+                definition = self.cache.config.definitions.get(status.name)
+                values += (definition.path if definition else None, False)
+            return values
+
+        rows: list[tuple[Any, ...]] = []
+        if parsed_args.tree:
+            pools = [s for s in statuses if s.children]
+            others = [s for s in statuses if not s.children]
+            for status in pools:
+                rows.append(row(status))
+                rows.extend(self._tree_children(status.name, 1, columns))
+            rows.extend(row(s) for s in others)
+        else:
+            rows.extend(row(s) for s in statuses)
+        if parsed_args.all_definitions:
+            for definition in self.cache.config.shadowed:
+                if by_name and definition.name not in by_name:
+                    continue
+                rows.append((definition.name, None, None, None,
+                             definition.path, True))
+        return columns, rows
+
+    def _tree_children(self, name: str, depth: int,
+                       columns: tuple[str, ...]) -> list[tuple[Any, ...]]:
+        rows = []
+        try:
+            children = self.cache.config.source(name).children
+        except (exceptions.CrcacheError, AttributeError):
+            return rows
+        for child in children:
+            label = '  ' * (depth - 1) + '+ ' + child
+            rows.append((label,) + (None,) * (len(columns) - 1))
+            rows.extend(self._tree_children(child, depth + 1, columns))
+        return rows
+
+    def produce_output(self, parsed_args: argparse.Namespace,
+                       column_names: Any, data: Any) -> int:
+        # take_action may have switched the format (--query prints a bare
+        # value), and cliff picked the formatter before calling it.
+        self.formatter = self._formatter_plugins[parsed_args.formatter].obj
+        summary = getattr(self, '_summary', None)
+        if (summary is not None and parsed_args.formatter == 'table'
+                and not parsed_args.columns):
+            super().produce_output(parsed_args, *summary)
+            self.app.stdout.write('\n')
+        return super().produce_output(parsed_args, column_names, data)

@@ -1,0 +1,92 @@
+"""The errors users see.
+
+Every error crcache reports on purpose is a :class:`CrcacheError`; its
+``str()`` is the single line printed on stderr, so each subclass builds a
+message that names the file, key, source or instance at fault.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class CrcacheError(Exception):
+    """Base class for every error crcache reports to its user."""
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """Return ``" (did you mean 'x'?)"`` for the closest candidate, or ''."""
+    match = difflib.get_close_matches(word, list(candidates), n=1)
+    return f" (did you mean '{match[0]}'?)" if match else ''
+
+
+class ConfigError(CrcacheError):
+    """A configuration file or value is wrong.
+
+    The message always starts with the path of the file at fault.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(f'{path}: {message}')
+
+
+class UnknownSource(CrcacheError):
+    """A source name that no configuration root defines."""
+
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        self.name = name
+        known = sorted(known)
+        super().__init__(
+            f"unknown source '{name}'{did_you_mean(name, known)}; "
+            f"configured sources: {', '.join(known) or 'none'}")
+
+
+class UnknownInstance(CrcacheError):
+    """An instance name the state store does not hold."""
+
+    def __init__(self, name: str, known: Iterable[str] = ()) -> None:
+        self.name = name
+        super().__init__(
+            f"unknown instance '{name}'{did_you_mean(name, known)}")
+
+
+class InstanceStateError(CrcacheError):
+    """An instance exists but is not in a state that allows the action."""
+
+
+class InvalidName(CrcacheError):
+    """A name or path that is refused before it reaches a shell or a disk."""
+
+
+class CapacityError(CrcacheError):
+    """A source cannot supply the instances asked for."""
+
+
+class StoreError(CrcacheError):
+    """The state store cannot be opened, read or written."""
+
+
+class SourceError(CrcacheError):
+    """A source's backend failed (provisioning, discarding, running)."""
+
+    def __init__(self, source: str, message: str) -> None:
+        self.source = source
+        super().__init__(f"source '{source}': {message}")
+
+
+class CopyError(CrcacheError):
+    """A copy could not be made; nothing was written past the fault."""
+
+
+class PartialFailure(CrcacheError):
+    """Some items of a multi-item operation failed; the others were done."""
+
+    def __init__(self, verb: str, total: int,
+                 failures: list[tuple[str, BaseException]]) -> None:
+        self.failures = failures
+        details = '; '.join(f'{name}: {err}' for name, err in failures)
+        noun = 'instance' if total == 1 else 'instances'
+        super().__init__(
+            f'{len(failures)} of {total} {noun} failed to {verb}: {details}')

@@ -1,0 +1,61 @@
+"""``cp -p``/``cp -rp`` semantics between two paths on this machine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from crcache import exceptions
+
+
+def check_source(src: str, is_dir: bool, recursive: bool) -> None:
+    """Refuse to copy a directory without ``-r``, as cp does."""
+    if is_dir and not recursive:
+        raise exceptions.CopyError(
+            f'{src}: is a directory (use -r to copy directories)')
+
+
+def target_path(src: str, dst: str, dst_is_dir: bool) -> str:
+    """Where ``src`` lands: inside ``dst`` if it is a directory."""
+    if dst_is_dir:
+        return os.path.join(dst, os.path.basename(src.rstrip('/')) or '.')
+    return dst
+
+
+def copy(src: str, dst: str, recursive: bool) -> None:
+    """Copy ``src`` to ``dst`` keeping modes and times, like ``cp -p``.
+
+    Directories need ``recursive`` and merge into an existing target as
+    ``cp -r`` does; symbolic links inside them are copied as links.
+    """
+    if not os.path.lexists(src):
+        raise exceptions.CopyError(f'{src}: no such file or directory')
+    is_dir = os.path.isdir(src)
+    check_source(src, is_dir, recursive)
+    target = target_path(src, dst, os.path.isdir(dst))
+    try:
+        if is_dir:
+            real_src = os.path.realpath(src)
+            real_target = os.path.realpath(target)
+            if (real_target == real_src
+                    or real_target.startswith(real_src + os.sep)):
+                raise exceptions.CopyError(
+                    f'cannot copy directory {src} into itself ({target})')
+            if os.path.lexists(target) and not os.path.isdir(target):
+                raise exceptions.CopyError(
+                    f'cannot overwrite non-directory {target} with '
+                    f'directory {src}')
+            shutil.copytree(src, target, symlinks=True, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, target)
+    except shutil.SameFileError:
+        raise exceptions.CopyError(f'{src} and {target} are the same file')
+    except shutil.Error as err:
+        # copytree gathers per-file failures into one list.
+        first = err.args[0][0] if err.args and err.args[0] else err
+        raise exceptions.CopyError(f'cannot copy {src} to {target}: {first}')
+    except OSError as err:
+        where = err.filename or target
+        raise exceptions.CopyError(
+            f'cannot copy {src} to {target}: {where}: '
+            f'{err.strerror or err}')

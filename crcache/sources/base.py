@@ -1,0 +1,200 @@
+"""The contract every source type implements.
+
+A source type is a class registered in the ``crcache.sources`` entry point
+group. crcache constructs one per configured source with the source's name,
+its own ``oslo_config.cfg.ConfigOpts`` (the common keys plus the class's
+``opts``) and a callback that returns other sources by name.
+
+Two kinds exist:
+
+* :class:`BackendSource` makes real resources (a process on this machine,
+  an ssh host, a container). It provisions, discards, runs commands and
+  copies files; it never touches crcache's state store, which the cache
+  layer owns.
+* :class:`LayeredSource` makes no resources of its own: each of its
+  instances wraps an instance of one of its ``children`` sources (a pool).
+  The cache layer claims the child instance in the same transaction as the
+  wrapper, so a layered source needs no backend methods at all.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from crcache import exceptions
+
+Ref = dict[str, Any]
+"""A backend's reference to one resource; stored as JSON by the cache."""
+
+
+class Source(abc.ABC):
+    """A configured, named provider of instances."""
+
+    #: oslo.config options this type adds to the common ``source.conf`` keys.
+    opts: ClassVar[list] = []
+    #: The ``maximum`` used when ``source.conf`` leaves it at 0.
+    default_maximum: ClassVar[int] = 0
+
+    def __init__(self, name: str, conf: Any,
+                 get_source: Callable[[str], 'Source']) -> None:
+        self.name = name
+        self.conf = conf
+        self.get_source = get_source
+
+    @property
+    def reserve(self) -> int:
+        """Instances to keep cached instead of discarding on release."""
+        return self.conf.reserve
+
+    @property
+    def maximum(self) -> int:
+        """The most live instances this source may have; 0 is no limit."""
+        return self.conf.maximum or self.default_maximum
+
+    @property
+    def configured_concurrency(self) -> int:
+        """The ``concurrency`` key; 0 asks the instance."""
+        return self.conf.concurrency
+
+    def validate(self) -> list[tuple[str, str]]:
+        """Check keys against each other; return ``(key, problem)`` pairs.
+
+        Values were already checked one by one by oslo.config; this is for
+        rules that span keys. Subclasses extend the list.
+        """
+        problems = []
+        maximum = self.conf.maximum
+        if maximum and self.reserve > maximum:
+            problems.append((
+                'reserve',
+                f'reserve={self.reserve} is greater than '
+                f'maximum={maximum}'))
+        return problems
+
+
+class LayeredSource(Source):
+    """A source whose instances wrap instances of other sources."""
+
+    @property
+    @abc.abstractmethod
+    def children(self) -> list[str]:
+        """Names of the sources to draw from, in order of preference."""
+
+
+class BackendSource(Source):
+    """A source that makes, uses and destroys real resources.
+
+    Streams are OS file descriptors: whatever the backend, bytes move
+    between the caller's descriptors and the instance's command unchanged.
+    """
+
+    @abc.abstractmethod
+    def provision(self, names: list[str]) -> dict[str, Ref]:
+        """Create one resource per crcache instance name.
+
+        Label each resource with its name where the backend can, and return
+        a reference per name. Raise :class:`~crcache.exceptions.SourceError`
+        when the backend refuses; resources already made for some names
+        must be reported through their references or cleaned up.
+        """
+
+    @abc.abstractmethod
+    def discard(self, refs: dict[str, Ref]) -> None:
+        """Destroy resources by name; one that is already gone is success."""
+
+    @abc.abstractmethod
+    def run(self, ref: Ref, argv: list[str], stdin: int, stdout: int,
+            stderr: int) -> int:
+        """Run ``argv`` on the resource and return its exit status.
+
+        ``argv`` is made into one shell command line by
+        :func:`crcache.cmdline.join` and run by the resource's shell; an
+        empty ``argv`` starts an interactive shell. A command killed by
+        signal N returns 128+N.
+        """
+
+    def concurrency(self, ref: Ref) -> int:
+        """Return how many parallel jobs the resource can take.
+
+        The default asks the resource for its CPU count.
+        """
+        status, out, err = self.capture(
+            ref, ['nproc 2>/dev/null || getconf _NPROCESSORS_ONLN'])
+        try:
+            return max(1, int(out.split()[0]))
+        except (IndexError, ValueError):
+            raise exceptions.SourceError(
+                self.name, f'could not read the CPU count (exit {status}): '
+                f'{err.decode(errors="replace").strip()[-200:]}')
+
+    def copy_in(self, ref: Ref, src: str, dst: str, recursive: bool) -> None:
+        """Copy local ``src`` to ``dst`` on the resource (like ``cp -p``).
+
+        The default streams a tar archive into ``tar -x`` run on the
+        resource, so every backend that can run commands can copy.
+        """
+        from crcache import tarcopy
+        tarcopy.copy_in(self, ref, src, dst, recursive)
+
+    def copy_out(self, ref: Ref, src: str, dst: str,
+                 recursive: bool) -> None:
+        """Copy ``src`` on the resource to local ``dst`` (like ``cp -p``).
+
+        The default runs ``tar -c`` on the resource and extracts the stream
+        locally, refusing any member that would land outside ``dst``.
+        """
+        from crcache import tarcopy
+        tarcopy.copy_out(self, ref, src, dst, recursive)
+
+    def capture(self, ref: Ref, argv: list[str],
+                input: bytes = b'') -> tuple[int, bytes, bytes]:
+        """Run ``argv`` with ``input`` on stdin; return (status, out, err)."""
+        return capture(lambda i, o, e: self.run(ref, argv, i, o, e), input)
+
+
+def capture(run: Callable[[int, int, int], int],
+            input: bytes = b'') -> tuple[int, bytes, bytes]:
+    """Call ``run(stdin, stdout, stderr)`` with pipes; collect the output.
+
+    Readers and the writer are threads so that a command producing more
+    than a pipe buffer never deadlocks against us.
+    """
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
+
+    def drain(fd: int) -> None:
+        while data := os.read(fd, 65536):
+            chunks[fd].append(data)
+
+    def feed() -> None:
+        try:
+            view = memoryview(input)
+            while view:
+                view = view[os.write(in_w, view):]
+        except BrokenPipeError:
+            pass
+        finally:
+            os.close(in_w)
+
+    threads = [threading.Thread(target=drain, args=(out_r,), daemon=True),
+               threading.Thread(target=drain, args=(err_r,), daemon=True),
+               threading.Thread(target=feed, daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        status = run(in_r, out_w, err_w)
+    finally:
+        for fd in (in_r, out_w, err_w):
+            os.close(fd)
+        for t in threads:
+            t.join()
+        os.close(out_r)
+        os.close(err_r)
+    return status, b''.join(chunks[out_r]), b''.join(chunks[err_r])
+

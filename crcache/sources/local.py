@@ -1,0 +1,58 @@
+"""The ``local`` source type: this machine.
+
+An instance is a claim on the machine crcache runs on: commands run through
+``/bin/sh -c`` in the caller's working directory and environment, and files
+are copied directly. There is one instance unless ``maximum`` says more.
+"""
+
+from __future__ import annotations
+
+import os
+
+from crcache import cmdline
+from crcache import process
+from crcache.sources import base
+
+
+class LocalSource(base.BackendSource):
+    """Runs commands on the machine crcache itself runs on."""
+
+    opts: list = []
+    default_maximum = 1
+
+    def provision(self, names: list[str]) -> dict[str, base.Ref]:
+        # Nothing to create: the machine is already there.
+        return {name: {} for name in names}
+
+    def discard(self, refs: dict[str, base.Ref]) -> None:
+        # Nothing to destroy; the caller's processes are theirs to manage.
+        return None
+
+    def run(self, ref: base.Ref, argv: list[str], stdin: int, stdout: int,
+            stderr: int) -> int:
+        if argv:
+            args = ['/bin/sh', '-c', cmdline.join(argv)]
+        else:
+            args = [os.environ.get('SHELL') or '/bin/sh']
+        return process.run(args, stdin, stdout, stderr)
+
+    def concurrency(self, ref: base.Ref) -> int:
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            return os.cpu_count() or 1
+
+    def copy_in(self, ref: base.Ref, src: str, dst: str,
+                recursive: bool) -> None:
+        from crcache import localcopy
+        localcopy.copy(src, dst, recursive)
+
+    def copy_out(self, ref: base.Ref, src: str, dst: str,
+                 recursive: bool) -> None:
+        from crcache import localcopy
+        localcopy.copy(src, dst, recursive)
+
+
+def list_opts() -> list[tuple[str | None, list]]:
+    """``oslo.config.opts`` entry point: local has no keys of its own."""
+    return [(None, LocalSource.opts)]

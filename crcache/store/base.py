@@ -1,0 +1,103 @@
+"""The state store interface the cache layer is written against.
+
+The store remembers every live instance and the per-source counters that
+name them. All changes happen inside :meth:`Store.transaction`, which
+gives the caller exclusive write access for its (short) duration: the
+cache layer reads, decides and writes there, and never holds it while a
+backend works. The embedded SQLite store implements it; a shared server
+database can implement the same few methods.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+PROVISIONING = 'provisioning'
+IN_USE = 'in-use'
+CACHED = 'cached'
+DISCARDING = 'discarding'
+#: Every state counts against a source's maximum.
+LIVE_STATES = (PROVISIONING, IN_USE, CACHED, DISCARDING)
+
+
+@dataclasses.dataclass
+class Instance:
+    """One instance as the store knows it.
+
+    ``child`` names the instance a layered (pool) instance wraps;
+    ``parent`` names the pool instance that holds this one. ``ref`` is the
+    backend's reference, recorded as soon as the backend returns it.
+    ``holder`` describes the process that acquired it.
+    """
+
+    name: str
+    source: str
+    seq: int
+    state: str
+    ref: dict[str, Any] | None = None
+    concurrency: int | None = None
+    child: str | None = None
+    parent: str | None = None
+    holder: dict[str, Any] | None = None
+    lease_expires: float | None = None
+    created: float = 0.0
+    updated: float = 0.0
+
+
+class Transaction(abc.ABC):
+    """Reads and writes that commit together or not at all."""
+
+    @abc.abstractmethod
+    def get(self, name: str) -> Instance | None:
+        """Return the named instance, or None."""
+
+    @abc.abstractmethod
+    def instances(self, source: str | None = None,
+                  states: Iterable[str] | None = None) -> list[Instance]:
+        """Return instances, oldest first, optionally filtered."""
+
+    @abc.abstractmethod
+    def count(self, source: str,
+              states: Iterable[str] = LIVE_STATES) -> int:
+        """Count a source's instances in ``states``."""
+
+    @abc.abstractmethod
+    def next_seq(self, source: str) -> int:
+        """Take the source's next instance number; numbers never repeat."""
+
+    @abc.abstractmethod
+    def add(self, instance: Instance) -> None:
+        """Insert a new instance."""
+
+    @abc.abstractmethod
+    def update(self, name: str, **fields: Any) -> None:
+        """Change fields of an existing instance."""
+
+    @abc.abstractmethod
+    def delete(self, name: str) -> None:
+        """Forget an instance (it is gone)."""
+
+
+class Store(abc.ABC):
+    """A place that keeps instances between crcache invocations."""
+
+    #: Where the store lives, for messages.
+    location: str = ''
+
+    @abc.abstractmethod
+    def transaction(self, write: bool = True
+                    ) -> contextlib.AbstractContextManager[Transaction]:
+        """Open a transaction; ``write`` ones exclude other writers."""
+
+    def close(self) -> None:
+        """Release connections; the store may not be used afterwards."""
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Transaction]:
+        """A consistent read-only snapshot."""
+        with self.transaction(write=False) as tx:
+            yield tx

@@ -1,0 +1,222 @@
+"""The embedded state store: one SQLite file in WAL mode.
+
+Writers take the database with ``BEGIN IMMEDIATE``. SQLite's own busy
+handler sleeps in growing steps and lets a busy writer starve others for
+seconds, so we retry the ``BEGIN`` ourselves with a short random pause,
+which keeps every process moving (see PERF-NOTES). The directory is 0700
+and the file 0600: the store names hosts and instances.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from crcache import exceptions
+from crcache import paths
+from crcache.store import base
+
+SCHEMA_VERSION = 1
+_SCHEMA = '''
+CREATE TABLE IF NOT EXISTS sources (
+    name TEXT PRIMARY KEY,
+    next_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS instances (
+    name TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    ref TEXT,
+    concurrency INTEGER,
+    child TEXT,
+    parent TEXT,
+    holder TEXT,
+    lease_expires REAL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_by_source
+    ON instances (source, state, seq);
+'''
+_COLUMNS = ('name', 'source', 'seq', 'state', 'ref', 'concurrency', 'child',
+            'parent', 'holder', 'lease_expires', 'created', 'updated')
+_JSON_COLUMNS = frozenset(('ref', 'holder'))
+#: Give up on a store that stays locked this long (seconds).
+LOCK_DEADLINE = 60.0
+
+
+def _row_to_instance(row: tuple) -> base.Instance:
+    values = dict(zip(_COLUMNS, row))
+    for key in _JSON_COLUMNS:
+        if values[key] is not None:
+            values[key] = json.loads(values[key])
+    return base.Instance(**values)
+
+
+def _encode(key: str, value: Any) -> Any:
+    if key in _JSON_COLUMNS and value is not None:
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+class SQLiteTransaction(base.Transaction):
+    """A transaction on one SQLite connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def get(self, name: str) -> base.Instance | None:
+        row = self._conn.execute(
+            f'SELECT {", ".join(_COLUMNS)} FROM instances WHERE name = ?',
+            (name,)).fetchone()
+        return _row_to_instance(row) if row else None
+
+    def instances(self, source: str | None = None,
+                  states: Iterable[str] | None = None
+                  ) -> list[base.Instance]:
+        sql = f'SELECT {", ".join(_COLUMNS)} FROM instances'
+        where, args = [], []
+        if source is not None:
+            where.append('source = ?')
+            args.append(source)
+        if states is not None:
+            states = list(states)
+            where.append(f'state IN ({", ".join("?" * len(states))})')
+            args.extend(states)
+        if where:
+            sql += ' WHERE ' + ' AND '.join(where)
+        sql += ' ORDER BY source, seq'
+        return [_row_to_instance(r) for r in self._conn.execute(sql, args)]
+
+    def count(self, source: str,
+              states: Iterable[str] = base.LIVE_STATES) -> int:
+        states = list(states)
+        return self._conn.execute(
+            'SELECT COUNT(*) FROM instances WHERE source = ? AND state IN '
+            f'({", ".join("?" * len(states))})',
+            [source, *states]).fetchone()[0]
+
+    def next_seq(self, source: str) -> int:
+        row = self._conn.execute(
+            'SELECT next_seq FROM sources WHERE name = ?',
+            (source,)).fetchone()
+        seq = row[0] if row else 0
+        self._conn.execute(
+            'INSERT INTO sources (name, next_seq) VALUES (?, ?) '
+            'ON CONFLICT (name) DO UPDATE SET next_seq = excluded.next_seq',
+            (source, seq + 1))
+        return seq
+
+    def add(self, instance: base.Instance) -> None:
+        now = time.time()
+        instance.created = instance.created or now
+        instance.updated = now
+        values = [_encode(c, getattr(instance, c)) for c in _COLUMNS]
+        self._conn.execute(
+            f'INSERT INTO instances ({", ".join(_COLUMNS)}) VALUES '
+            f'({", ".join("?" * len(_COLUMNS))})', values)
+
+    def update(self, name: str, **fields: Any) -> None:
+        fields['updated'] = time.time()
+        unknown = set(fields) - set(_COLUMNS)
+        if unknown:
+            raise TypeError(f'unknown instance fields: {sorted(unknown)}')
+        assignments = ', '.join(f'{key} = ?' for key in fields)
+        cur = self._conn.execute(
+            f'UPDATE instances SET {assignments} WHERE name = ?',
+            [*(_encode(k, v) for k, v in fields.items()), name])
+        if cur.rowcount != 1:
+            raise exceptions.StoreError(
+                f'instance {name} vanished from the state store')
+
+    def delete(self, name: str) -> None:
+        self._conn.execute('DELETE FROM instances WHERE name = ?', (name,))
+
+
+class SQLiteStore(base.Store):
+    """State kept in a private SQLite database file."""
+
+    def __init__(self, path: str) -> None:
+        self.location = path
+        paths.ensure_private_dir(os.path.dirname(path))
+        try:
+            # Create the file ourselves so it is never world-readable, not
+            # even for the moment before a chmod.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+            os.close(fd)
+            self._conn = sqlite3.connect(
+                path, timeout=0, isolation_level=None,
+                check_same_thread=False)
+            self._conn.execute('PRAGMA synchronous=NORMAL')
+            self._ensure_schema()
+        except (OSError, sqlite3.Error) as err:
+            raise exceptions.StoreError(
+                f'cannot open the state store {path}: {err}')
+
+    def _ensure_schema(self) -> None:
+        version = self._retry(
+            lambda: self._conn.execute('PRAGMA user_version').fetchone()[0])
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise exceptions.StoreError(
+                f'the state store {self.location} was written by a newer '
+                f'crcache (schema {version}; this one knows '
+                f'{SCHEMA_VERSION})')
+        # journal_mode is persistent and cannot change inside a
+        # transaction; it needs a moment of exclusive access.
+        self._retry(lambda: self._conn.execute('PRAGMA journal_mode=WAL'))
+        with self.transaction():
+            if self._conn.execute(
+                    'PRAGMA user_version').fetchone()[0] == 0:
+                # Statement by statement: executescript() would commit
+                # the transaction we are in.
+                for statement in _SCHEMA.split(';'):
+                    if statement.strip():
+                        self._conn.execute(statement)
+                self._conn.execute(f'PRAGMA user_version={SCHEMA_VERSION}')
+
+    def _retry(self, operation: Any) -> Any:
+        deadline = time.monotonic() + LOCK_DEADLINE
+        while True:
+            try:
+                return operation()
+            except sqlite3.OperationalError as err:
+                if 'locked' not in str(err) and 'busy' not in str(err):
+                    raise
+                if time.monotonic() > deadline:
+                    raise exceptions.StoreError(
+                        f'the state store {self.location} stayed locked '
+                        f'for {LOCK_DEADLINE:.0f}s')
+                time.sleep(random.uniform(0, 0.0005))
+
+    @contextlib.contextmanager
+    def transaction(self, write: bool = True
+                    ) -> Iterator[SQLiteTransaction]:
+        conn = self._conn
+        self._retry(lambda: conn.execute(
+            'BEGIN IMMEDIATE' if write else 'BEGIN'))
+        try:
+            yield SQLiteTransaction(conn)
+        except BaseException:
+            conn.execute('ROLLBACK')
+            raise
+        else:
+            try:
+                self._retry(lambda: conn.execute('COMMIT'))
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute('ROLLBACK')
+                raise
+
+    def close(self) -> None:
+        self._conn.close()

@@ -1,0 +1,280 @@
+"""Copy files to and from any instance with tar streamed over ``run``.
+
+This is the copy every backend gets for free: all it needs is a POSIX
+shell with ``tar`` on the instance (GNU tar and busybox tar both work).
+The destination is decided where it lives, with ``cp -rp`` semantics:
+inside an existing directory, or under the given name otherwise.
+
+Archives read from an instance are untrusted: :func:`extract` refuses any
+member that would land outside the destination (absolute names, ``..``,
+links that point out, device files) before anything of it is written, and
+never applies the instance's owners or set-id bits locally.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+import tarfile
+import tempfile
+import threading
+from typing import IO, TYPE_CHECKING, Any
+
+from crcache import exceptions
+from crcache import localcopy
+
+if TYPE_CHECKING:
+    from crcache.sources.base import BackendSource, Ref
+
+# Run on the instance with the archive on stdin. umask 0 lets both GNU and
+# busybox tar apply the archived modes exactly; -o keeps owners local.
+_EXTRACT = '''set -e
+umask 0
+d={dst}
+if [ -d "$d" ]; then exec tar -x -o -f - -C "$d"; fi
+p=$(dirname -- "$d")
+if [ ! -d "$p" ]; then
+  echo "$p: no such directory" >&2; exit 2
+fi
+t=$(mktemp -d "$p/.crcache-cp.XXXXXX")
+trap 'rm -rf "$t"' EXIT
+tar -x -o -f - -C "$t"
+mv -f "$t"/{base} "$d"
+'''
+
+# Run on the instance; writes the archive of one path to stdout.
+_CREATE = '''set -e
+s={src}
+if [ ! -e "$s" ] && [ ! -L "$s" ]; then
+  echo "$s: no such file or directory" >&2; exit 2
+fi
+cd -- "$(dirname -- "$s")"
+exec tar -c -f - -- "$(basename -- "$s")"
+'''
+
+
+class _Background:
+    """Run a command on an instance in a thread, keeping its stderr."""
+
+    def __init__(self, source: 'BackendSource', ref: 'Ref', script: str,
+                 stdin: int, stdout: int) -> None:
+        self.status: int | None = None
+        self.error: BaseException | None = None
+        self._err_r, err_w = os.pipe()
+        self._stderr: list[bytes] = []
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+        def target() -> None:
+            try:
+                self.status = source.run(ref, [script], stdin, stdout, err_w)
+            except BaseException as err:  # reported by wait()
+                self.error = err
+            finally:
+                os.close(err_w)
+                for fd in (stdin, stdout):
+                    os.close(fd)
+
+        self._thread = threading.Thread(target=target, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while data := os.read(self._err_r, 65536):
+            self._stderr.append(data)
+
+    def wait(self) -> tuple[int, str]:
+        self._thread.join()
+        self._reader.join()
+        os.close(self._err_r)
+        if self.error is not None:
+            raise self.error
+        text = b''.join(self._stderr).decode(errors='replace').strip()
+        return self.status if self.status is not None else 255, text
+
+
+def _owner_neutral(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    # Local owners mean nothing on the instance; its user will own them.
+    info.uid = info.gid = 0
+    info.uname = info.gname = ''
+    return info
+
+
+def copy_in(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
+            recursive: bool) -> None:
+    """Copy local ``src`` to ``dst`` on the instance."""
+    if not os.path.lexists(src):
+        raise exceptions.CopyError(f'{src}: no such file or directory')
+    localcopy.check_source(src, os.path.isdir(src), recursive)
+    base = os.path.basename(os.path.normpath(src))
+    script = _EXTRACT.format(dst=shlex.quote(dst), base=shlex.quote(base))
+    r, w = os.pipe()
+    job = _Background(source, ref, script, stdin=r, stdout=os.open(
+        os.devnull, os.O_WRONLY))
+    pack_error: BaseException | None = None
+    try:
+        with os.fdopen(w, 'wb', buffering=1 << 20) as pipe:
+            with tarfile.open(fileobj=pipe, mode='w|',
+                              format=tarfile.PAX_FORMAT) as tar:
+                tar.add(src, arcname=base, recursive=True,
+                        filter=_owner_neutral)
+    except BrokenPipeError:
+        # The far side stopped reading; its stderr says why.
+        pack_error = exceptions.CopyError(
+            f'copy to {source.name} instance path {dst} failed: the '
+            'instance stopped reading the archive')
+    except OSError as err:
+        pack_error = exceptions.CopyError(
+            f'cannot read {err.filename or src}: {err.strerror or err}')
+    status, err_text = job.wait()
+    if status != 0:
+        raise exceptions.CopyError(
+            f'copy to {source.name} instance path {dst} failed '
+            f'(exit {status}): {err_text or "no error output"}')
+    if pack_error is not None:
+        raise pack_error
+
+
+def copy_out(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
+             recursive: bool) -> None:
+    """Copy ``src`` on the instance to local ``dst``."""
+    base = os.path.basename(src.rstrip('/')) or src
+    if base in ('.', '..', '/'):
+        raise exceptions.CopyError(f'{src}: name a file or directory')
+    dst_is_dir = os.path.isdir(dst)
+    if dst_is_dir:
+        into = dst
+        workdir = None
+    else:
+        parent = os.path.dirname(os.path.abspath(dst))
+        if not os.path.isdir(parent):
+            raise exceptions.CopyError(f'{parent}: no such directory')
+        workdir = tempfile.mkdtemp(prefix='.crcache-cp.', dir=parent)
+        into = workdir
+    r, w = os.pipe()
+    job = _Background(source, ref, _CREATE.format(src=shlex.quote(src)),
+                      stdin=os.open(os.devnull, os.O_RDONLY), stdout=w)
+    failure: BaseException | None = None
+    try:
+        with os.fdopen(r, 'rb', buffering=1 << 20) as pipe:
+            try:
+                extract(pipe, into, base, recursive, src)
+            except BaseException as err:
+                failure = err
+            else:
+                while pipe.read(1 << 20):  # let tar finish writing
+                    pass
+        status, err_text = job.wait()
+        if failure is None and status != 0:
+            failure = exceptions.CopyError(
+                f'copy from {source.name} instance path {src} failed '
+                f'(exit {status}): {err_text or "no error output"}')
+        if failure is not None:
+            raise failure
+        if workdir is not None:
+            _move_into_place(os.path.join(workdir, base), dst)
+    finally:
+        if workdir is not None:
+            _remove_tree(workdir)
+
+
+def _move_into_place(path: str, dst: str) -> None:
+    if os.path.isdir(path) and os.path.lexists(dst) \
+            and not os.path.isdir(dst):
+        raise exceptions.CopyError(
+            f'cannot overwrite non-directory {dst} with a directory')
+    try:
+        os.replace(path, dst)
+    except OSError as err:
+        raise exceptions.CopyError(f'cannot write {dst}: {err.strerror}')
+
+
+def _remove_tree(path: str) -> None:
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _within(root: str, path: str) -> bool:
+    return path == root or path.startswith(root + os.sep)
+
+
+def _check_member(member: tarfile.TarInfo, dest: str, base: str) -> None:
+    name = member.name
+    parts = name.split('/')
+    if (name.startswith('/') or '..' in parts or not parts
+            or parts[0] != base):
+        raise exceptions.CopyError(
+            f'refusing archive member {name!r}: it is not inside {base!r}')
+    target = os.path.realpath(os.path.join(dest, name))
+    if not _within(dest, target):
+        raise exceptions.CopyError(
+            f'refusing archive member {name!r}: it would be written '
+            f'outside {dest}')
+    if member.issym():
+        if os.path.isabs(member.linkname):
+            raise exceptions.CopyError(
+                f'refusing symbolic link {name!r} -> {member.linkname!r}: '
+                'absolute link target')
+        pointee = os.path.realpath(os.path.join(
+            os.path.dirname(os.path.join(dest, name)), member.linkname))
+        if not _within(dest, pointee):
+            raise exceptions.CopyError(
+                f'refusing symbolic link {name!r} -> {member.linkname!r}: '
+                'it points outside the copy')
+    elif member.islnk():
+        pointee = os.path.realpath(os.path.join(dest, member.linkname))
+        if not _within(dest, pointee):
+            raise exceptions.CopyError(
+                f'refusing hard link {name!r} -> {member.linkname!r}: '
+                'it points outside the copy')
+    elif not (member.isfile() or member.isdir()):
+        raise exceptions.CopyError(
+            f'refusing archive member {name!r}: devices and pipes are '
+            'not copied')
+
+
+def extract(stream: IO[bytes], dest: str, base: str, recursive: bool,
+            label: str) -> None:
+    """Extract a streamed archive whose members all live under ``base``.
+
+    Members are checked one by one before being written; set-id bits and
+    the archive's owners are dropped, permission bits and times kept.
+    """
+    dest = os.path.realpath(dest)
+    extra: dict[str, Any] = {}
+    if hasattr(tarfile, 'fully_trusted_filter'):
+        # Our own checks replace the stdlib filters, which would also
+        # clear group/other write bits (cp -p keeps them).
+        extra['filter'] = 'fully_trusted'
+    uid, gid = os.getuid(), os.getgid()
+    # A read-only directory must stay writable until its contents are in;
+    # its real mode and time are applied last, deepest first.
+    directories: list[tuple[str, int, float]] = []
+    try:
+        with tarfile.open(fileobj=stream, mode='r|') as tar:
+            first = True
+            for member in tar:
+                if first and member.isdir() and not recursive:
+                    raise exceptions.CopyError(
+                        f'{label}: is a directory (use -r to copy '
+                        'directories)')
+                first = False
+                _check_member(member, dest, base)
+                member.mode &= ~(stat.S_ISUID | stat.S_ISGID)
+                member.uid, member.gid = uid, gid
+                member.uname = member.gname = ''
+                if member.isdir():
+                    directories.append((os.path.join(dest, member.name),
+                                        member.mode, member.mtime))
+                    member.mode |= stat.S_IRWXU
+                tar.extract(member, dest, set_attrs=True, **extra)
+            if first:
+                raise exceptions.CopyError(f'{label}: empty archive')
+    except tarfile.TarError as err:
+        raise exceptions.CopyError(f'{label}: bad archive: {err}')
+    except OSError as err:
+        raise exceptions.CopyError(
+            f'cannot write {err.filename or dest}: {err.strerror or err}')
+    for path, mode, mtime in reversed(directories):
+        os.chmod(path, mode & 0o7777)
+        os.utime(path, (mtime, mtime))
