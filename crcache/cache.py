@@ -17,12 +17,12 @@ import getpass
 import os
 import re
 import socket
-import sys
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from crcache import exceptions
+from crcache import invocation
 from crcache.config import Config
 from crcache.sources import base
 from crcache.store import base as store_base
@@ -49,11 +49,11 @@ def current_holder() -> dict[str, Any]:
         user = str(os.getuid())
     return {
         'host': socket.gethostname(),
-        'pid': os.getpid(),
-        'ppid': os.getppid(),
+        'pid': invocation.pid(),
+        'ppid': invocation.ppid(),
         'user': user,
         'since': time.time(),
-        'argv': list(sys.argv),
+        'argv': invocation.argv(),
     }
 
 

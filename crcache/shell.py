@@ -20,10 +20,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(f'crcache {version.version_string()}\n')
         status = 0
     else:
-        import gc
-        gc.disable()  # a short-lived process; collection is wasted work
-        from crcache import app
-        status = app.run(argv)
+        from crcache import agentclient
+        status = agentclient.run(argv)
+        if status is None:
+            import gc
+            gc.disable()  # a short-lived process; collection is waste
+            from crcache import app
+            status = app.run(argv)
     _exit(status)
     return status
 

@@ -1,0 +1,329 @@
+"""The crcache agent: a warm process that forks one worker per command.
+
+Started in the background by :mod:`crcache.agentclient` (``python -m
+crcache.agent SOCKET``), it imports everything a command may need once,
+then waits on a private unix socket. For each request it checks that the
+peer is the same user, forks, and the worker takes on the client's
+arguments, environment, working directory, umask and stdin/stdout/stderr
+(passed as descriptors) before running the command exactly as a direct
+invocation would. The agent reports the worker's pid, then its exit
+status, to the client. It exits after ``$CRCACHE_AGENT_IDLE`` seconds
+(default 120) without a client.
+
+The agent holds no state of its own: configuration and the state store
+are read afresh by every worker, so it can never serve stale answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import marshal
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+
+from crcache import agentclient
+
+DEFAULT_IDLE = 120.0
+#: Modules every command may need; optional ones may be missing.
+PRELOAD = (
+    'crcache.app', 'crcache.cache', 'crcache.config', 'crcache.store.sqlite',
+    'crcache.tarcopy', 'crcache.localcopy', 'crcache.process',
+    'cliff.formatters.json_format', 'cliff.formatters.yaml_format',
+    'cliff.formatters.commaseparated', 'cliff.formatters.value',
+    'crcache.formatters', 'cliff.help', 'yaml', 'subprocess', 'tarfile',
+    'tempfile', 'shutil', 'threading', 'getpass', 'difflib',
+)
+
+
+def preload() -> None:
+    """Import what workers use, including every installed plugin."""
+    for name in PRELOAD:
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+    from stevedore import extension
+    for namespace in ('crcache.cmd', 'crcache.sources',
+                      'crcache.formatter.list'):
+        with contextlib.suppress(Exception):
+            extension.ExtensionManager(
+                namespace, on_load_failure_callback=lambda *a: None)
+    with contextlib.suppress(Exception):
+        from crcache import version
+        version.version_string()
+
+
+class Agent:
+    """Accepts requests on ``path`` and runs each in a forked worker."""
+
+    def __init__(self, path: str, idle: float) -> None:
+        self.path = path
+        self.idle = idle
+        self.listener: socket.socket | None = None
+        self.workers: dict[int, socket.socket] = {}
+        self._wake_r, self._wake_w = os.pipe()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def bind(self) -> bool:
+        """Listen on the socket; False if another agent already does."""
+        import fcntl
+        lock = os.open(self.path + '.lock', os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(self.path)
+                return False  # a live agent answers
+            except OSError:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)  # stale
+            finally:
+                probe.close()
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old = os.umask(0o077)
+            try:
+                listener.bind(self.path)
+            finally:
+                os.umask(old)
+            listener.listen(128)
+            self.listener = listener
+            self._inode = os.stat(self.path).st_ino
+            return True
+        finally:
+            os.close(lock)
+
+    def serve(self) -> None:
+        """Answer requests until idle for ``self.idle`` seconds."""
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._wake_w)
+        signal.signal(signal.SIGCHLD, lambda *a: None)
+        signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+        gc.collect()
+        gc.freeze()  # keep preloaded objects' pages shared with workers
+        last_busy = time.monotonic()
+        try:
+            while True:
+                self._reap()
+                if self.workers:
+                    last_busy = time.monotonic()
+                timeout = self.idle - (time.monotonic() - last_busy)
+                if timeout <= 0 and not self.workers:
+                    return
+                if not self._still_ours():
+                    return
+                watched = [self.listener, self._wake_r,
+                           *self.workers.values()]
+                ready, _, _ = select.select(watched, [], [],
+                                            max(timeout, 0.01))
+                for item in ready:
+                    if item is self.listener:
+                        self._accept()
+                        last_busy = time.monotonic()
+                    elif item == self._wake_r:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(self._wake_r, 4096)
+                    else:
+                        self._client_gone(item)
+        finally:
+            self.close()
+
+    def _still_ours(self) -> bool:
+        # Someone removed or replaced our socket file: nobody can reach us.
+        try:
+            return os.stat(self.path).st_ino == self._inode
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        if self.listener is not None:
+            if self._still_ours():
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+            self.listener.close()
+            self.listener = None
+
+    # -- requests ----------------------------------------------------------
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        try:
+            request, fds = self._read_request(conn)
+        except Exception:
+            conn.close()
+            return
+        try:
+            pid = os.fork()
+        except OSError:
+            self._send(conn, 'refused', 'fork failed')
+            conn.close()
+            for fd in fds:
+                os.close(fd)
+            return
+        if pid == 0:
+            self._become_worker(conn, request, fds)
+        for fd in fds:
+            os.close(fd)
+        self.workers[pid] = conn
+        self._send(conn, 'pid', pid)
+
+    def _read_request(self, conn: socket.socket) -> tuple[tuple, list[int]]:
+        conn.settimeout(5)
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                struct.calcsize('3i'))
+        _, uid, _ = struct.unpack('3i', creds)
+        msg, ancdata, _, _ = conn.recvmsg(
+            65536, socket.CMSG_SPACE(3 * struct.calcsize('i')))
+        fds: list[int] = []
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                usable = len(data) - len(data) % 4
+                fds.extend(struct.unpack(f'{usable // 4}i', data[:usable]))
+        if uid != os.getuid() or len(fds) != 3 or len(msg) < 4:
+            for fd in fds:
+                os.close(fd)
+            raise PermissionError('refused request')
+        size = int.from_bytes(msg[:4], 'big')
+        body = msg[4:]
+        while len(body) < size:
+            chunk = conn.recv(size - len(body))
+            if not chunk:
+                raise EOFError
+            body += chunk
+        request = marshal.loads(body)
+        if request[0] != agentclient.PROTOCOL:
+            raise ValueError('protocol mismatch')
+        conn.settimeout(None)
+        return request, fds
+
+    @staticmethod
+    def _send(conn: socket.socket, kind: str, value: object) -> None:
+        data = marshal.dumps((kind, value))
+        with contextlib.suppress(OSError):
+            conn.sendall(len(data).to_bytes(4, 'big') + data)
+
+    def _reap(self) -> None:
+        while self.workers:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = self.workers.pop(pid, None)
+            if conn is None:
+                continue
+            if os.WIFSIGNALED(status):
+                self._send(conn, 'signal', os.WTERMSIG(status))
+            else:
+                self._send(conn, 'exit', os.waitstatus_to_exitcode(status))
+            conn.close()
+
+    def _client_gone(self, conn: socket.socket) -> None:
+        # A client never writes after its request, so readable means it
+        # went away (killed): the worker dies with it, as it would have
+        # in a direct invocation.
+        for pid, worker_conn in list(self.workers.items()):
+            if worker_conn is conn:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    # -- the worker --------------------------------------------------------
+
+    def _become_worker(self, conn: socket.socket, request: tuple,
+                       fds: list[int]) -> None:
+        status = 1
+        try:
+            (_, argv, env, cwd, umask, client_pid, client_ppid,
+             argv0) = request
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP,
+                        signal.SIGQUIT):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            gc.unfreeze()
+            gc.disable()
+            os.setpgid(0, 0)
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
+            self.listener.close()
+            conn.close()
+            for other in self.workers.values():
+                other.close()
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target)
+                os.close(fd)
+            os.chdir(cwd)
+            os.environ.clear()
+            os.environ.update(env)
+            os.umask(umask)
+            sys.argv = [argv0, *argv]
+            _reopen_std_streams()
+            from crcache import invocation
+            invocation.set_client(client_pid, client_ppid, sys.argv)
+            from crcache import app
+            status = app.run(argv)
+        except SystemExit as exit_:
+            status = exit_.code if isinstance(exit_.code, int) else 1
+        except KeyboardInterrupt:
+            status = 130
+        except BaseException as err:  # never let a worker return
+            with contextlib.suppress(Exception):
+                sys.stderr.write(f'crcache: agent worker failed: {err}\n')
+            status = 1
+        finally:
+            from crcache import shell
+            shell._exit(status)
+
+
+def _reopen_std_streams() -> None:
+    """Point sys.std* at descriptors 0-2, as a fresh interpreter would."""
+    import io
+    import locale
+    with contextlib.suppress(locale.Error):
+        locale.setlocale(locale.LC_CTYPE, '')
+    encoding = (os.environ.get('PYTHONIOENCODING', '').split(':')[0]
+                or locale.getpreferredencoding(False))
+    streams = []
+    for fd, mode in ((0, 'r'), (1, 'w'), (2, 'w')):
+        raw = io.FileIO(fd, mode, closefd=False)
+        interactive = raw.isatty()
+        buffered = (io.BufferedReader(raw) if mode == 'r'
+                    else io.BufferedWriter(raw))
+        streams.append(io.TextIOWrapper(
+            buffered, encoding=encoding,
+            errors='strict' if fd != 2 else 'backslashreplace',
+            line_buffering=interactive or fd == 2))
+    sys.stdin, sys.stdout, sys.stderr = streams
+    sys.__stdin__, sys.__stdout__, sys.__stderr__ = streams
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m crcache.agent SOCKET``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.stderr.write('usage: python -m crcache.agent SOCKET\n')
+        return 2
+    try:
+        idle = float(os.environ.get(agentclient.IDLE_ENV, DEFAULT_IDLE))
+    except ValueError:
+        idle = DEFAULT_IDLE
+    agent = Agent(argv[0], idle)
+    if not agent.bind():
+        return 0
+    preload()
+    agent.serve()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""The thin client side of the crcache agent.
+
+Importing cliff, stevedore and oslo.config costs about seven times the
+start-up of Python itself, on every invocation. The agent (see
+:mod:`crcache.agent`) pays that once: it stays up while it is being used
+and forks a warm copy of itself for each command. This module is what
+every ``crcache`` invocation runs first; it imports nothing beyond
+builtin modules, hands the agent its arguments, environment, working
+directory and its stdin/stdout/stderr descriptors, forwards signals to the
+forked command and exits with its status.
+
+Nothing has to be started or stopped: when no agent answers, the command
+runs directly in this process and an agent is started in the background
+for the next one; it exits by itself after ``$CRCACHE_AGENT_IDLE`` seconds
+(default 120) without work. ``CRCACHE_AGENT=0`` turns it off. Commands
+whose stdin is a terminal always run directly, so interactive shells and
+job control behave exactly as without an agent.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import sys
+
+import _signal
+import _socket
+
+PROTOCOL = 1
+#: Environment variable that turns the agent off (0, no, off, false).
+DISABLE_ENV = 'CRCACHE_AGENT'
+IDLE_ENV = 'CRCACHE_AGENT_IDLE'
+_FORWARD = ('SIGINT', 'SIGQUIT', 'SIGTERM', 'SIGHUP', 'SIGUSR1', 'SIGUSR2')
+# A terminal sends these to its whole foreground process group; the agent's
+# worker is in a group of its own, so they go to that group.
+_TO_GROUP = ('SIGINT', 'SIGQUIT')
+
+
+def enabled(env: dict | None = None) -> bool:
+    """Whether the agent may be used for this invocation."""
+    env = os.environ if env is None else env
+    if env.get(DISABLE_ENV, '').lower() in ('0', 'no', 'off', 'false'):
+        return False
+    try:
+        return not os.isatty(0)
+    except OSError:
+        return True
+
+
+def runtime_dir(env: dict | None = None) -> str:
+    """The private directory that holds agent sockets (not created)."""
+    env = os.environ if env is None else env
+    base = env.get('XDG_RUNTIME_DIR')
+    if base and os.path.isabs(base):
+        return os.path.join(base, 'crcache')
+    cache = env.get('XDG_CACHE_HOME')
+    if not (cache and os.path.isabs(cache)):
+        cache = os.path.join(env.get('HOME') or os.path.expanduser('~'),
+                             '.cache')
+    return os.path.join(cache, 'crcache', 'run')
+
+
+def fingerprint() -> str:
+    """Identify the code an agent runs, so a changed install gets a new one.
+
+    It covers the interpreter, every file of the crcache package and the
+    directories on sys.path (where new plugins appear). File times and
+    sizes are enough: this guards against staleness, not attackers.
+    """
+    import zlib
+    package = os.path.dirname(os.path.abspath(__file__))
+    parts = [sys.executable, sys.version, package]
+    stack = [package]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.name == '__pycache__' or entry.name == 'tests':
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.name.endswith('.py'):
+                    st = entry.stat()
+                    parts.append(f'{entry.path}:{st.st_mtime_ns}:'
+                                 f'{st.st_size}')
+    for entry in sys.path:
+        try:
+            parts.append(f'{entry}:{os.stat(entry or ".").st_mtime_ns}')
+        except OSError:
+            parts.append(entry)
+    parts.sort()
+    return '%08x' % zlib.crc32('\0'.join(parts).encode('utf-8',
+                                                       'surrogateescape'))
+
+
+def socket_path(env: dict | None = None) -> str:
+    """Where this installation's agent listens."""
+    return os.path.join(runtime_dir(env), f'agent-{fingerprint()}.sock')
+
+
+def _private(directory: str) -> bool:
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
+def _recv_exact(sock: '_socket.socket', size: int) -> bytes:
+    data = b''
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+def _std_fds() -> list[int]:
+    fds = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            fds.append(fd)
+        except OSError:  # closed: give the command /dev/null instead
+            fds.append(os.open(os.devnull, os.O_RDWR))
+    return fds
+
+
+def run(argv: list[str]) -> int | None:
+    """Run ``argv`` through the agent; None if it must run directly."""
+    if not enabled():
+        return None
+    path = socket_path()
+    if len(path.encode()) > 100:  # AF_UNIX path limit
+        return None
+    directory = os.path.dirname(path)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        if not _private(directory):
+            raise OSError('no private runtime directory')
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        spawn(path)
+        return None
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        sock.close()
+        return None
+    mask = os.umask(0)
+    os.umask(mask)
+    request = marshal.dumps((PROTOCOL, list(argv), dict(os.environ), cwd,
+                             mask, os.getpid(), os.getppid(), sys.argv[0]))
+    fds = _std_fds()
+    fd_bytes = b''.join(fd.to_bytes(4, sys.byteorder, signed=True)
+                        for fd in fds)
+    try:
+        sock.sendmsg(
+            [len(request).to_bytes(4, 'big') + request],
+            [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd_bytes)])
+        return _wait(sock)
+    finally:
+        sock.close()
+
+
+def _wait(sock: '_socket.socket') -> int | None:
+    worker = [0]
+
+    def forward(signum: int, frame: object) -> None:
+        if worker[0]:
+            try:
+                if signum in group_signals:
+                    os.killpg(worker[0], signum)
+                else:
+                    os.kill(worker[0], signum)
+            except OSError:
+                pass
+
+    group_signals = {getattr(_signal, name) for name in _TO_GROUP}
+    for name in _FORWARD:
+        _signal.signal(getattr(_signal, name), forward)
+    while True:
+        try:
+            header = _recv_exact(sock, 4)
+            kind, value = marshal.loads(
+                _recv_exact(sock, int.from_bytes(header, 'big')))
+        except (EOFError, OSError, ValueError):
+            if not worker[0]:
+                return None  # nothing ran: the caller runs directly
+            sys.stderr.write('crcache: lost contact with the crcache '
+                             'agent while the command ran\n')
+            return 255
+        if kind == 'pid':
+            worker[0] = value
+        elif kind == 'refused':
+            return None
+        elif kind == 'exit':
+            return value
+        elif kind == 'signal':
+            # Die the way the command's process died.
+            for name in _FORWARD:
+                _signal.signal(getattr(_signal, name), _signal.SIG_DFL)
+            sys.stdout.flush()
+            os.kill(os.getpid(), value)
+            return 128 + value
+
+
+def spawn(path: str) -> None:
+    """Start an agent for ``path`` in the background; never raises."""
+    try:
+        directory = os.path.dirname(path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if not _private(directory):
+            return
+        pid = os.fork()
+    except OSError:
+        return
+    if pid:
+        try:
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+        return
+    # First child: detach from our session, then leave the agent to init.
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        null = os.open(os.devnull, os.O_RDWR)
+        log = os.open(path[:-len('.sock')] + '.log',
+                      os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.dup2(log, 2)
+        os.closerange(3, 1024)
+        os.chdir('/')
+        os.execv(sys.executable,
+                 [sys.executable, '-m', 'crcache.agent', path])
+    finally:
+        os._exit(0)

@@ -1,0 +1,133 @@
+"""Run the installed ``crcache`` command the way a user does.
+
+Every test gets its own home directory, XDG directories, configuration
+root and project directory, so nothing reads or writes the real user's
+files. The agent's sockets live in one directory shared by the whole test
+run (the agent takes each command's environment from the command, so one
+warm agent serves every test) and agents exit soon after the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import fixtures
+import testtools
+
+#: The console script installed next to the interpreter running the tests.
+CRCACHE = os.path.join(os.path.dirname(sys.executable), 'crcache')
+_RUNTIME_DIR = None
+
+
+def shared_runtime_dir() -> str:
+    """One private XDG_RUNTIME_DIR for every test of this process."""
+    global _RUNTIME_DIR
+    if _RUNTIME_DIR is None:
+        _RUNTIME_DIR = tempfile.mkdtemp(prefix='crcache-test-run.')
+        os.chmod(_RUNTIME_DIR, 0o700)
+    return _RUNTIME_DIR
+
+
+@dataclasses.dataclass
+class Result:
+    """What a user sees from one crcache invocation."""
+
+    args: tuple
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def __str__(self) -> str:
+        return (f'crcache {" ".join(self.args)} -> {self.returncode}\n'
+                f'--- stdout ---\n{self.stdout}--- stderr ---\n'
+                f'{self.stderr}')
+
+
+class CLITestCase(testtools.TestCase):
+    """A test that drives the real crcache command in subprocesses."""
+
+    #: Extra environment for every invocation of a test class.
+    extra_env: dict[str, str] = {}
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.home = self.useFixture(fixtures.TempDir()).path
+        self.project = os.path.join(self.home, 'project')
+        os.mkdir(self.project)
+        self.config_root = os.path.join(self.home, '.config', 'crcache')
+        self.cache_dir = os.path.join(self.home, '.cache', 'crcache')
+        self.env = {
+            'PATH': os.path.dirname(sys.executable) + os.pathsep
+            + os.environ.get('PATH', '/usr/bin:/bin'),
+            'HOME': self.home,
+            'XDG_CONFIG_HOME': os.path.join(self.home, '.config'),
+            'XDG_CACHE_HOME': os.path.join(self.home, '.cache'),
+            'XDG_RUNTIME_DIR': shared_runtime_dir(),
+            'CRCACHE_AGENT_IDLE': '15',
+            'LANG': 'C.UTF-8',
+            'USER': os.environ.get('USER', 'root'),
+        }
+        self.env.update(self.extra_env)
+
+    def write_source(self, name: str, text: str = '',
+                     root: str | None = None, **keys: object) -> str:
+        """Write ``<root>/sources/<name>/source.conf``; return its path."""
+        directory = os.path.join(root or self.config_root, 'sources', name)
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, 'source.conf')
+        body = textwrap.dedent(text)
+        if keys:
+            body = '[DEFAULT]\n' + ''.join(
+                f'{key}={value}\n' for key, value in keys.items())
+        with open(path, 'w') as f:
+            f.write(body)
+        return path
+
+    def crcache(self, *args: str, input: str | bytes | None = None,
+                expect: int | None = 0, cwd: str | None = None,
+                env: dict[str, str] | None = None,
+                binary: bool = False, timeout: float = 120) -> Result:
+        """Run ``crcache ARGS``; by default insist that it succeeds."""
+        full_env = dict(self.env, **(env or {}))
+        proc = subprocess.run(
+            [CRCACHE, *args], input=input, capture_output=True,
+            cwd=cwd or self.project, env=full_env, timeout=timeout,
+            text=not binary,
+            stdin=None if input is not None else subprocess.DEVNULL)
+        result = Result(args, proc.returncode, proc.stdout, proc.stderr)
+        if expect is not None:
+            self.assertEqual(expect, proc.returncode, str(result))
+        return result
+
+    def assertOneLineError(self, result: Result, *fragments: str) -> None:
+        """An error a user can read: one line, no traceback, all facts."""
+        self.assertNotEqual(0, result.returncode, str(result))
+        self.assertNotIn('Traceback', result.stderr, str(result))
+        lines = result.stderr.strip().splitlines()
+        self.assertEqual(1, len(lines), str(result))
+        for fragment in fragments:
+            self.assertIn(fragment, lines[0], str(result))
+
+    def status(self, *sources: str) -> dict[str, dict]:
+        """``status -f json`` keyed by source name."""
+        import json
+        rows = json.loads(self.crcache('status', '-f', 'json',
+                                       *sources).stdout)
+        return {row['source']: row for row in rows}
+
+
+def require_program(test: testtools.TestCase, path: str,
+                    package: str) -> None:
+    """Skip (or fail under CI=true) when a real server is missing."""
+    if os.path.exists(path) or shutil.which(path):
+        return
+    message = f'{path} is not installed (Debian package {package})'
+    if os.environ.get('CI') == 'true':
+        test.fail(message + ': CI must install it')
+    test.skipTest(message)
