@@ -171,6 +171,10 @@ class Agent:
             return
         if pid == 0:
             self._become_worker(conn, request, fds)
+        # Both sides set the worker's process group (as shells do), so it
+        # exists before the client can signal it.
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)
         for fd in fds:
             os.close(fd)
         self.workers[pid] = conn

@@ -155,31 +155,56 @@ def run(argv: list[str]) -> int | None:
     fds = _std_fds()
     fd_bytes = b''.join(fd.to_bytes(4, sys.byteorder, signed=True)
                         for fd in fds)
+    forwarder = _Forwarder()
     try:
         sock.sendmsg(
             [len(request).to_bytes(4, 'big') + request],
             [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd_bytes)])
-        return _wait(sock)
+        return _wait(sock, forwarder)
     finally:
         sock.close()
 
 
-def _wait(sock: '_socket.socket') -> int | None:
+class _Forwarder:
+    """Pass our signals on to the worker, once we know who it is.
+
+    Handlers are installed before the request is sent: a signal that
+    arrives before the worker's pid does is held and delivered then.
+    """
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.pending: list[int] = []
+        self.group = {getattr(_signal, name) for name in _TO_GROUP}
+        for name in _FORWARD:
+            _signal.signal(getattr(_signal, name), self.handle)
+
+    def handle(self, signum: int, frame: object) -> None:
+        if not self.pid:
+            self.pending.append(signum)
+            return
+        try:
+            if signum in self.group:
+                os.killpg(self.pid, signum)
+            else:
+                os.kill(self.pid, signum)
+        except OSError:
+            pass
+
+    def started(self, pid: int) -> None:
+        self.pid = pid
+        pending, self.pending = self.pending, []
+        for signum in pending:
+            self.handle(signum, None)
+
+    @staticmethod
+    def restore() -> None:
+        for name in _FORWARD:
+            _signal.signal(getattr(_signal, name), _signal.SIG_DFL)
+
+
+def _wait(sock: '_socket.socket', forwarder: _Forwarder) -> int | None:
     worker = [0]
-
-    def forward(signum: int, frame: object) -> None:
-        if worker[0]:
-            try:
-                if signum in group_signals:
-                    os.killpg(worker[0], signum)
-                else:
-                    os.kill(worker[0], signum)
-            except OSError:
-                pass
-
-    group_signals = {getattr(_signal, name) for name in _TO_GROUP}
-    for name in _FORWARD:
-        _signal.signal(getattr(_signal, name), forward)
     while True:
         try:
             header = _recv_exact(sock, 4)
@@ -187,20 +212,25 @@ def _wait(sock: '_socket.socket') -> int | None:
                 _recv_exact(sock, int.from_bytes(header, 'big')))
         except (EOFError, OSError, ValueError):
             if not worker[0]:
+                forwarder.restore()
+                if forwarder.pending:
+                    # Asked to stop before anything ran: do so.
+                    os.kill(os.getpid(), forwarder.pending[0])
                 return None  # nothing ran: the caller runs directly
             sys.stderr.write('crcache: lost contact with the crcache '
                              'agent while the command ran\n')
             return 255
         if kind == 'pid':
             worker[0] = value
+            forwarder.started(value)
         elif kind == 'refused':
+            forwarder.restore()
             return None
         elif kind == 'exit':
             return value
         elif kind == 'signal':
             # Die the way the command's process died.
-            for name in _FORWARD:
-                _signal.signal(getattr(_signal, name), _signal.SIG_DFL)
+            forwarder.restore()
             sys.stdout.flush()
             os.kill(os.getpid(), value)
             return 128 + value

@@ -10,7 +10,6 @@ that it is not orphaned.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -24,20 +23,40 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-@contextlib.contextmanager
-def foreground(proc: subprocess.Popen | None = None) -> Iterator[list]:
-    """Hold the signal policy above while the body waits for a child.
+class Foreground:
+    """Signal policy for the time crcache waits on one child.
 
-    Yields a list; put the Popen in it once started so that forwarded
-    signals reach it. Handlers (never ``SIG_IGN``, which ``exec`` would
-    pass on to the child) are installed first and restored afterwards.
+    A signal to forward that arrives before the child is known (between
+    fork and :meth:`started`) is held and delivered as soon as it is.
     """
-    target: list[subprocess.Popen] = [proc] if proc else []
 
-    def forward(signum: int, frame: object) -> None:
-        for p in target:
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signum)
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.pending: list[int] = []
+
+    def forward(self, signum: int, frame: object) -> None:
+        if self.proc is None:
+            self.pending.append(signum)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signum)
+
+    def started(self, proc: subprocess.Popen) -> None:
+        """Record the child and deliver what arrived before it."""
+        self.proc = proc
+        pending, self.pending = self.pending, []
+        for signum in pending:
+            self.forward(signum, None)
+
+
+@contextlib.contextmanager
+def foreground() -> Iterator[Foreground]:
+    """Hold the policy above while the body starts and waits for a child.
+
+    Handlers (never ``SIG_IGN``, which ``exec`` would pass on to the
+    child) are installed first and restored afterwards.
+    """
+    job = Foreground()
 
     def swallow(signum: int, frame: object) -> None:
         pass
@@ -46,9 +65,9 @@ def foreground(proc: subprocess.Popen | None = None) -> Iterator[list]:
     for sig in _FORWARDED + _LEFT_TO_CHILD:
         with contextlib.suppress(ValueError):  # not the main thread
             saved[sig] = signal.signal(
-                sig, forward if sig in _FORWARDED else swallow)
+                sig, job.forward if sig in _FORWARDED else swallow)
     try:
-        yield target
+        yield job
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
@@ -57,8 +76,8 @@ def foreground(proc: subprocess.Popen | None = None) -> Iterator[list]:
 def run(args: list[str], stdin: int, stdout: int, stderr: int,
         cwd: str | None = None, env: dict[str, str] | None = None) -> int:
     """Run ``args`` with the given descriptors; return its exit status."""
-    with foreground() as target:
+    with foreground() as job:
         proc = subprocess.Popen(args, stdin=stdin, stdout=stdout,
                                 stderr=stderr, cwd=cwd, env=env)
-        target.append(proc)
+        job.started(proc)
         return exit_status(proc.wait())

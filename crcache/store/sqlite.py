@@ -156,7 +156,8 @@ class SQLiteStore(base.Store):
             self._conn = sqlite3.connect(
                 path, timeout=0, isolation_level=None,
                 check_same_thread=False)
-            self._conn.execute('PRAGMA synchronous=NORMAL')
+            self._retry(
+                lambda: self._conn.execute('PRAGMA synchronous=NORMAL'))
             self._ensure_schema()
         except (OSError, sqlite3.Error) as err:
             raise exceptions.StoreError(
