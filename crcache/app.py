@@ -61,6 +61,9 @@ class GlobalParser(_argparse.ArgumentParser):
 class CrcacheApp(app.App):
     """crcache's command line application."""
 
+    # cliff derives NAME from sys.argv[0] at import time, which in the
+    # agent is crcache/agent.py.
+    NAME = 'crcache'
     CONSOLE_MESSAGE_FORMAT = 'crcache: %(message)s'
     # Warnings and errors by default; -v for progress detail, -vv debug.
     DEFAULT_VERBOSE_LEVEL = 0
@@ -136,6 +139,14 @@ class CrcacheApp(app.App):
             self._cache = None
 
 
+def _terminated(signum: int, frame: object) -> None:
+    # Unwind like Ctrl-C does, so half-done work is undone on the way out.
+    raise SystemExit(128 + signum)
+
+
 def run(argv: list[str]) -> int:
     """Run one crcache command line in this process; return the status."""
+    import signal
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminated)
     return CrcacheApp().run(argv)
