@@ -95,9 +95,10 @@ def _read_ini(path: str) -> dict[str, dict[str, list[str]]]:
     except UnicodeDecodeError:
         raise exceptions.ConfigError(path, 'not a text (ini) file')
     except cfg.ParseError as err:
+        shown = f': {err.line.strip()!r}' if err.line.strip() else ''
         raise exceptions.ConfigError(
-            path, f'not a valid ini file: line {err.lineno}: {err.msg}: '
-            f'{err.line.strip()!r}')
+            path, f'not a valid ini file: line {err.lineno}: {err.msg}'
+            + shown)
     except OSError as err:
         raise exceptions.ConfigError(
             path, f'cannot read: {err.strerror or err}')
@@ -189,6 +190,12 @@ class Config:
                         'belong in [DEFAULT]')
             keys = sections.get('DEFAULT', {})
             type_name = (keys.get('type') or [''])[-1].strip()
+            if 'type' not in keys:
+                for key in keys:
+                    if difflib.get_close_matches(key.lower(), ['type']):
+                        raise exceptions.ConfigError(
+                            path, f"unknown key '{key}' (closest valid "
+                            "key: 'type')")
             if not type_name:
                 raise exceptions.ConfigError(
                     path, "missing required key 'type' (installed types: "
@@ -216,12 +223,19 @@ class Config:
                                          str(err))
         for key, opt in by_name.items():
             try:
-                getattr(conf, key)
+                value = getattr(conf, key)
             except (cfg.ConfigFileValueError, ValueError):
-                raw = keys[key][-1]
-                raise exceptions.ConfigError(
-                    path, f"invalid value for '{key}': {raw!r} "
-                    f"({_value_problem(opt, raw)})")
+                value = None
+            else:
+                if value is not None or key not in keys:
+                    continue
+            # oslo.config reads an empty value as None: never a default.
+            raw = keys[key][-1]
+            problem = (_value_problem(opt, raw) if raw.strip()
+                       else 'an empty value; remove the line for the '
+                       'default')
+            raise exceptions.ConfigError(
+                path, f"invalid value for '{key}': {raw!r} ({problem})")
         source = cls(definition.name, conf, self.source)
         return source
 

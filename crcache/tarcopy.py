@@ -50,7 +50,7 @@ if [ ! -e "$s" ] && [ ! -L "$s" ]; then
   echo "$s: no such file or directory" >&2; exit 2
 fi
 cd -- "$(dirname -- "$s")"
-exec tar -c -f - -- "$(basename -- "$s")"
+exec tar -c {follow}-f - -- "$(basename -- "$s")"
 '''
 
 
@@ -116,6 +116,9 @@ def copy_in(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
         with os.fdopen(w, 'wb', buffering=1 << 20) as pipe:
             with tarfile.open(fileobj=pipe, mode='w|',
                               format=tarfile.PAX_FORMAT) as tar:
+                if not recursive:
+                    # Follow a symbolic link named as SRC, as cp does.
+                    tar.dereference = True
                 tar.add(src, arcname=base, recursive=True,
                         filter=_owner_neutral)
     except BrokenPipeError:
@@ -152,7 +155,10 @@ def copy_out(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
         workdir = tempfile.mkdtemp(prefix='.crcache-cp.', dir=parent)
         into = workdir
     r, w = os.pipe()
-    job = _Background(source, ref, _CREATE.format(src=shlex.quote(src)),
+    # Without -r a symbolic link named as SRC is followed, as cp does.
+    script = _CREATE.format(src=shlex.quote(src),
+                            follow='' if recursive else '-h ')
+    job = _Background(source, ref, script,
                       stdin=os.open(os.devnull, os.O_RDONLY), stdout=w)
     failure: BaseException | None = None
     try:
@@ -198,32 +204,38 @@ def _within(root: str, path: str) -> bool:
     return path == root or path.startswith(root + os.sep)
 
 
-def _check_member(member: tarfile.TarInfo, dest: str, base: str) -> None:
+def _check_member(member: tarfile.TarInfo, dest: str, base: str) -> str:
+    """Refuse a member that could write outside ``dest/base``.
+
+    Returns the path the member will be written to. The member's own name
+    is never followed (it may be a link being replaced); its directory is
+    resolved, so links made by earlier members cannot be used as a
+    passage out.
+    """
     name = member.name
     parts = name.split('/')
-    if (name.startswith('/') or '..' in parts or not parts
-            or parts[0] != base):
+    if (name.startswith('/') or parts[0] != base
+            or any(p in ('', '.', '..') for p in parts)):
         raise exceptions.CopyError(
             f'refusing archive member {name!r}: it is not inside {base!r}')
-    target = os.path.realpath(os.path.join(dest, name))
-    if not _within(dest, target):
+    root = os.path.join(dest, base)
+    parent = os.path.realpath(os.path.dirname(os.path.join(dest, name)))
+    inside = parent == dest if name == base else _within(root, parent)
+    if not inside:
         raise exceptions.CopyError(
             f'refusing archive member {name!r}: it would be written '
-            f'outside {dest}')
+            f'outside {root}')
     if member.issym():
-        if os.path.isabs(member.linkname):
-            raise exceptions.CopyError(
-                f'refusing symbolic link {name!r} -> {member.linkname!r}: '
-                'absolute link target')
-        pointee = os.path.realpath(os.path.join(
-            os.path.dirname(os.path.join(dest, name)), member.linkname))
-        if not _within(dest, pointee):
+        pointee = os.path.realpath(os.path.join(parent, member.linkname))
+        if os.path.isabs(member.linkname) or not _within(root, pointee):
             raise exceptions.CopyError(
                 f'refusing symbolic link {name!r} -> {member.linkname!r}: '
                 'it points outside the copy')
     elif member.islnk():
+        link_parts = member.linkname.split('/')
         pointee = os.path.realpath(os.path.join(dest, member.linkname))
-        if not _within(dest, pointee):
+        if (link_parts[0] != base or '..' in link_parts
+                or not _within(root, pointee)):
             raise exceptions.CopyError(
                 f'refusing hard link {name!r} -> {member.linkname!r}: '
                 'it points outside the copy')
@@ -231,6 +243,7 @@ def _check_member(member: tarfile.TarInfo, dest: str, base: str) -> None:
         raise exceptions.CopyError(
             f'refusing archive member {name!r}: devices and pipes are '
             'not copied')
+    return os.path.join(parent, parts[-1])
 
 
 def extract(stream: IO[bytes], dest: str, base: str, recursive: bool,
@@ -259,7 +272,10 @@ def extract(stream: IO[bytes], dest: str, base: str, recursive: bool,
                         f'{label}: is a directory (use -r to copy '
                         'directories)')
                 first = False
-                _check_member(member, dest, base)
+                target = _check_member(member, dest, base)
+                if not member.isdir() and os.path.islink(target):
+                    # Replace a link rather than write through it.
+                    os.unlink(target)
                 member.mode &= ~(stat.S_ISUID | stat.S_ISGID)
                 member.uid, member.gid = uid, gid
                 member.uname = member.gname = ''

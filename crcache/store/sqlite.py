@@ -145,8 +145,8 @@ class SQLiteStore(base.Store):
 
     def __init__(self, path: str) -> None:
         self.location = path
-        paths.ensure_private_dir(os.path.dirname(path))
         try:
+            paths.ensure_private_dir(os.path.dirname(path))
             # Create the file ourselves so it is never world-readable, not
             # even for the moment before a chmod.
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
