@@ -171,7 +171,10 @@ def copy_out(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
                 while pipe.read(1 << 20):  # let tar finish writing
                     pass
         status, err_text = job.wait()
-        if failure is None and status != 0:
+        # When the instance's side failed, its reason beats ours (a
+        # missing file shows up here as an empty archive).
+        if status != 0 and (failure is None
+                            or isinstance(failure, exceptions.CopyError)):
             failure = exceptions.CopyError(
                 f'copy from {source.name} instance path {src} failed '
                 f'(exit {status}): {err_text or "no error output"}')

@@ -9,6 +9,7 @@ warm agent serves every test) and agents exit soon after the run.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import shutil
@@ -31,6 +32,8 @@ def shared_runtime_dir() -> str:
     if _RUNTIME_DIR is None:
         _RUNTIME_DIR = tempfile.mkdtemp(prefix='crcache-test-run.')
         os.chmod(_RUNTIME_DIR, 0o700)
+        # Removing the socket tells the agent to go, at its next wake-up.
+        atexit.register(shutil.rmtree, _RUNTIME_DIR, ignore_errors=True)
     return _RUNTIME_DIR
 
 

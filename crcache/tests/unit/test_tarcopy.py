@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
 import tarfile
 
 import fixtures
 import testtools
 
+from crcache import cmdline
 from crcache import exceptions
+from crcache import process
 from crcache import tarcopy
+from crcache.sources.base import BackendSource
 
 BASE = 'base'
 
@@ -327,3 +331,125 @@ class TestGoodArchives(TarcopyTestCase):
         before = self.snapshot()
         self.extract(archive(directory(BASE), file(BASE + '/f')))
         self.assertEqual(before, self.snapshot())
+
+
+class ShellSource(BackendSource):
+    """Runs commands with /bin/sh in a directory standing for a remote home.
+
+    It has no copy methods of its own, so cp goes through tarcopy exactly
+    as it does for ssh and docker instances.
+    """
+
+    def __init__(self, home: str, path: str) -> None:
+        super().__init__('shell', None, lambda name: None)
+        self.home = home
+        self.path = path
+
+    def provision(self, names):
+        return {name: {} for name in names}
+
+    def discard(self, refs):
+        return None
+
+    def run(self, ref, argv, stdin, stdout, stderr):
+        env = dict(os.environ, PATH=self.path)
+        return process.run(['/bin/sh', '-c', cmdline.join(argv)], stdin,
+                           stdout, stderr, cwd=self.home, env=env)
+
+
+class TestCopyOverRun(testtools.TestCase):
+    """copy_in and copy_out through a shell, with GNU and busybox tar."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.local = self.useFixture(fixtures.TempDir()).path
+        self.remote = self.useFixture(fixtures.TempDir()).path
+        self.tree = os.path.join(self.local, 'tree')
+        os.makedirs(os.path.join(self.tree, 'sub'))
+        with open(os.path.join(self.tree, 'sub', 'x.sh'), 'w') as f:
+            f.write('#!/bin/sh\necho x\n')
+        os.chmod(os.path.join(self.tree, 'sub', 'x.sh'), 0o751)
+        with open(os.path.join(self.tree, 'shared'), 'w') as f:
+            f.write('group writable')
+        os.chmod(os.path.join(self.tree, 'shared'), 0o664)
+        os.symlink('sub/x.sh', os.path.join(self.tree, 'link'))
+
+    def sources(self) -> list[ShellSource]:
+        found = [ShellSource(self.remote, '/usr/bin:/bin')]
+        busybox = '/bin/busybox'
+        if os.path.exists(busybox):
+            bin_dir = self.useFixture(fixtures.TempDir()).path
+            for tool in ('tar', 'mktemp', 'dirname', 'basename', 'mv', 'rm'):
+                os.symlink(busybox, os.path.join(bin_dir, tool))
+            found.append(ShellSource(self.remote, bin_dir + ':/usr/bin:/bin'))
+        return found
+
+    def assertSameTree(self, left: str, right: str) -> None:
+        for root, dirs, files in os.walk(left):
+            rel = os.path.relpath(root, left)
+            for name in dirs + files:
+                a = os.path.join(root, name)
+                b = os.path.join(right, rel, name)
+                self.assertEqual(os.path.islink(a), os.path.islink(b), b)
+                if os.path.islink(a):
+                    self.assertEqual(os.readlink(a), os.readlink(b))
+                    continue
+                self.assertEqual(stat.S_IMODE(os.stat(a).st_mode),
+                                 stat.S_IMODE(os.stat(b).st_mode), b)
+                if os.path.isfile(a):
+                    with open(a, 'rb') as fa, open(b, 'rb') as fb:
+                        self.assertEqual(fa.read(), fb.read())
+
+    def test_directory_round_trip(self) -> None:
+        for i, source in enumerate(self.sources()):
+            for d in os.listdir(self.remote):
+                shutil.rmtree(os.path.join(self.remote, d))
+            back = os.path.join(self.local, f'back-{i}')
+            source.copy_in({}, self.tree, 'copied', recursive=True)
+            self.assertSameTree(self.tree, os.path.join(self.remote,
+                                                        'copied'))
+            source.copy_out({}, 'copied', back, recursive=True)
+            self.assertSameTree(self.tree, back)
+
+    def test_into_existing_directory(self) -> None:
+        for source in self.sources():
+            os.makedirs(os.path.join(self.remote, 'dest'), exist_ok=True)
+            source.copy_in({}, os.path.join(self.tree, 'shared'), 'dest',
+                           recursive=False)
+            with open(os.path.join(self.remote, 'dest', 'shared')) as f:
+                self.assertEqual('group writable', f.read())
+            out = os.path.join(self.local, 'out')
+            os.makedirs(out, exist_ok=True)
+            source.copy_out({}, 'dest/shared', out, recursive=False)
+            self.assertEqual(0o664, stat.S_IMODE(os.stat(
+                os.path.join(out, 'shared')).st_mode))
+
+    def test_directory_needs_recursive(self) -> None:
+        for source in self.sources():
+            self.assertRaises(exceptions.CopyError, source.copy_in, {},
+                              self.tree, 'x', False)
+            os.makedirs(os.path.join(self.remote, 'adir'), exist_ok=True)
+            err = self.assertRaises(exceptions.CopyError, source.copy_out,
+                                    {}, 'adir', self.local, False)
+            self.assertIn('use -r', str(err))
+
+    def test_missing_remote_file(self) -> None:
+        for source in self.sources():
+            err = self.assertRaises(exceptions.CopyError, source.copy_out,
+                                    {}, 'nosuch', self.local, False)
+            self.assertIn('nosuch: no such file or directory', str(err))
+
+    def test_missing_remote_parent(self) -> None:
+        for source in self.sources():
+            err = self.assertRaises(exceptions.CopyError, source.copy_in,
+                                    {}, self.tree, 'no/such/dir', True)
+            self.assertIn('no/such: no such directory', str(err))
+
+    def test_link_named_without_r_is_followed(self) -> None:
+        for source in self.sources():
+            source.copy_in({}, os.path.join(self.tree, 'link'), 'followed',
+                           recursive=False)
+            target = os.path.join(self.remote, 'followed')
+            self.assertFalse(os.path.islink(target))
+            with open(target) as f:
+                self.assertEqual('#!/bin/sh\necho x\n', f.read())
