@@ -108,6 +108,38 @@ class CLITestCase(testtools.TestCase):
             self.assertEqual(expect, proc.returncode, str(result))
         return result
 
+    def start(self, *args: str) -> subprocess.Popen:
+        """Start ``crcache ARGS`` in the background, output piped."""
+        proc = subprocess.Popen(
+            [CRCACHE, *args], env=self.env, cwd=self.project,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        return proc
+
+    def in_terminal(self, *args: str, input: bytes = b'',
+                    env: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """Run ``crcache ARGS`` on a pseudo-terminal; (status, output)."""
+        import pty
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.chdir(self.project)
+            os.execve(CRCACHE, [CRCACHE, *args], dict(self.env, **(env or {})))
+        os.write(fd, input)
+        output = b''
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the terminal's last user is gone
+                break
+            if not chunk:
+                break
+            output += chunk
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status), output
+
     def assertOneLineError(self, result: Result, *fragments: str) -> None:
         """An error a user can read: one line, no traceback, all facts."""
         self.assertNotEqual(0, result.returncode, str(result))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import os
-import pty
 import signal
 import subprocess
 import time
@@ -76,22 +75,8 @@ class TestAgent(base.CLITestCase):
     def test_terminal_stdin_runs_directly(self) -> None:
         self.name = self.crcache('acquire').stdout.strip()
         self._wait_for(lambda: self._sockets())
-        pid, fd = pty.fork()
-        if pid == 0:
-            os.chdir(self.project)
-            os.execve(base.CRCACHE, [
-                base.CRCACHE, 'run', self.name,
-                'cat /proc/$PPID/cmdline | tr "\\0" " "'], self.env)
-        output = b''
-        while True:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-        os.waitpid(pid, 0)
+        _, output = self.in_terminal(
+            'run', self.name, 'cat /proc/$PPID/cmdline | tr "\\0" " "')
         self.assertIn(b'bin/crcache run', output)
 
     def test_idle_agent_exits(self) -> None:
@@ -128,10 +113,7 @@ class TestAgent(base.CLITestCase):
     def test_killed_client_takes_its_worker_along(self) -> None:
         self.name = self.crcache('acquire').stdout.strip()
         self._wait_for(lambda: 'crcache.agent' in self._runner_of_command())
-        proc = subprocess.Popen(
-            [base.CRCACHE, 'run', self.name, 'echo $PPID; exec sleep 20'],
-            env=self.env, cwd=self.project, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = self.start('run', self.name, 'echo $PPID; exec sleep 20')
         worker = int(proc.stdout.readline())
         self.assertIn('crcache.agent', _cmdline(worker))
         proc.kill()
@@ -143,11 +125,7 @@ class TestAgent(base.CLITestCase):
     def test_worker_killed_by_signal_kills_the_client_alike(self) -> None:
         self.name = self.crcache('acquire').stdout.strip()
         self._wait_for(lambda: 'crcache.agent' in self._runner_of_command())
-        proc = subprocess.Popen(
-            [base.CRCACHE, 'run', self.name, 'echo $PPID; exec sleep 20'],
-            env=self.env, cwd=self.project, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.addCleanup(proc.kill)
+        proc = self.start('run', self.name, 'echo $PPID; exec sleep 20')
         worker = int(proc.stdout.readline())
         os.kill(worker, signal.SIGKILL)
         self.assertEqual(-signal.SIGKILL, proc.wait(timeout=30))

@@ -107,23 +107,9 @@ class TestInteractiveShell(base.CLITestCase):
     """No command: an interactive shell on the instance's terminal."""
 
     def test_shell_reads_the_terminal(self) -> None:
-        import pty
         name = self.crcache('acquire').stdout.strip()
-        env = dict(self.env, SHELL='/bin/sh', PS1='$ ')
-        pid, fd = pty.fork()
-        if pid == 0:
-            os.chdir(self.project)
-            os.execve(base.CRCACHE, [base.CRCACHE, 'run', name], env)
-        os.write(fd, b'echo "in $PWD"; exit 3\n')
-        output = b''
-        while True:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-        _, status = os.waitpid(pid, 0)
-        self.assertEqual(3, os.waitstatus_to_exitcode(status))
+        status, output = self.in_terminal(
+            'run', name, input=b'echo "in $PWD"; exit 3\n',
+            env={'SHELL': '/bin/sh', 'PS1': '$ '})
+        self.assertEqual(3, status)
         self.assertIn(f'in {self.project}'.encode(), output)
