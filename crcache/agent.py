@@ -39,6 +39,8 @@ PRELOAD = (
     'cliff.formatters.commaseparated', 'cliff.formatters.value',
     'crcache.formatters', 'cliff.help', 'yaml', 'subprocess', 'tarfile',
     'tempfile', 'shutil', 'threading', 'getpass', 'difflib',
+    'crcache.sources.ssh', 'crcache.sshholder', 'crcache.sshconn',
+    'paramiko', 'paramiko.config',
 )
 
 

@@ -13,9 +13,12 @@ import contextlib
 import signal
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 _FORWARDED = (signal.SIGTERM, signal.SIGHUP)
 _LEFT_TO_CHILD = (signal.SIGINT, signal.SIGQUIT)
+#: A remote command sees no terminal: every one of these is passed on.
+REMOTE = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)
 
 
 def exit_status(returncode: int) -> int:
@@ -24,48 +27,56 @@ def exit_status(returncode: int) -> int:
 
 
 class Foreground:
-    """Signal policy for the time crcache waits on one child.
+    """Signal policy for the time crcache waits on one running command.
 
-    A signal to forward that arrives before the child is known (between
-    fork and :meth:`started`) is held and delivered as soon as it is.
+    Signals in ``forwarded`` go to the target's ``send_signal``; those in
+    ``left_to_command`` are swallowed (the command got them from the
+    terminal itself). A forwarded signal that arrives before the target
+    is known (between fork and :meth:`started`) is held and delivered as
+    soon as it is.
     """
 
-    def __init__(self) -> None:
-        self.proc: subprocess.Popen | None = None
+    def __init__(self, forwarded: tuple = _FORWARDED,
+                 left_to_command: tuple = _LEFT_TO_CHILD) -> None:
+        self.forwarded = forwarded
+        self.left_to_command = left_to_command
+        self.target: Any = None
         self.pending: list[int] = []
 
     def forward(self, signum: int, frame: object) -> None:
-        if self.proc is None:
+        if self.target is None:
             self.pending.append(signum)
             return
         with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signum)
+            self.target.send_signal(signum)
 
-    def started(self, proc: subprocess.Popen) -> None:
-        """Record the child and deliver what arrived before it."""
-        self.proc = proc
+    def started(self, target: Any) -> None:
+        """Record what to signal and deliver what arrived before it."""
+        self.target = target
         pending, self.pending = self.pending, []
         for signum in pending:
             self.forward(signum, None)
 
 
 @contextlib.contextmanager
-def foreground() -> Iterator[Foreground]:
-    """Hold the policy above while the body starts and waits for a child.
+def foreground(forwarded: tuple = _FORWARDED,
+               left_to_command: tuple = _LEFT_TO_CHILD
+               ) -> Iterator[Foreground]:
+    """Hold the policy above while the body starts and waits for a command.
 
-    Handlers (never ``SIG_IGN``, which ``exec`` would pass on to the
-    child) are installed first and restored afterwards.
+    Handlers (never ``SIG_IGN``, which ``exec`` would pass on to a child)
+    are installed first and restored afterwards.
     """
-    job = Foreground()
+    job = Foreground(forwarded, left_to_command)
 
     def swallow(signum: int, frame: object) -> None:
         pass
 
     saved = {}
-    for sig in _FORWARDED + _LEFT_TO_CHILD:
+    for sig in forwarded + left_to_command:
         with contextlib.suppress(ValueError):  # not the main thread
             saved[sig] = signal.signal(
-                sig, job.forward if sig in _FORWARDED else swallow)
+                sig, job.forward if sig in forwarded else swallow)
     try:
         yield job
     finally:
