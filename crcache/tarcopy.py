@@ -1,9 +1,17 @@
-"""Copy files to and from any instance with tar streamed over ``run``.
+"""Copy files to and from any instance with commands over ``run``.
 
 This is the copy every backend gets for free: all it needs is a POSIX
-shell with ``tar`` on the instance (GNU tar and busybox tar both work).
-The destination is decided where it lives, with ``cp -rp`` semantics:
-inside an existing directory, or under the given name otherwise.
+shell with ``cat``, ``stat`` and ``tar`` on the instance (GNU and busybox
+tools both work). The destination is decided where it lives, with ``cp
+-rp`` semantics: inside an existing directory, or under the given name
+otherwise.
+
+A regular file travels as itself: its own descriptor becomes the stdin
+(or stdout) of ``cat`` on the instance, so a backend that moves bytes
+between descriptors (the ssh connection holder, a subprocess) reads or
+writes the file directly, with no archive and no pipe in between. It is
+written to a temporary name beside the target and renamed into place
+with its mode and time. Directories travel as a tar stream.
 
 Archives read from an instance are untrusted: :func:`extract` refuses any
 member that would land outside the destination (absolute names, ``..``,
@@ -13,6 +21,7 @@ never applies the instance's owners or set-id bits locally.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import stat
@@ -52,6 +61,100 @@ fi
 cd -- "$(dirname -- "$s")"
 exec tar -c {follow}-f - -- "$(basename -- "$s")"
 '''
+
+
+# Run on the instance with the file's contents on stdin.
+_PUT_FILE = '''set -e
+d={dst}
+if [ -d "$d" ]; then t="$d"/{base}; else t="$d"; fi
+p=$(dirname -- "$t")
+if [ ! -d "$p" ]; then
+  echo "$p: no such directory" >&2; exit 2
+fi
+if [ -d "$t" ]; then
+  echo "$t: is a directory; not replacing it with a file" >&2; exit 2
+fi
+f=$(mktemp "$p/.crcache-cp.XXXXXX")
+trap 'rm -f "$f"' EXIT
+cat > "$f"
+chmod {mode:o} "$f"
+touch -d @{mtime} "$f" 2>/dev/null || :
+mv -f "$f" "$t"
+trap - EXIT
+'''
+
+# Run on the instance: what is at a path (following a link), as
+# "type|octal mode|mtime|link".
+_STAT = '''s={src}
+if [ -L "$s" ]; then l=link; else l=; fi
+exec stat -L -c "%F|%a|%Y|$l" -- "$s"
+'''
+
+
+def _run_script(source: 'BackendSource', ref: 'Ref', script: str,
+                stdin: int, stdout: int) -> tuple[int, str]:
+    """Run a script on the instance; return (status, stderr text)."""
+    with tempfile.TemporaryFile() as err:
+        status = source.run(ref, [script], stdin, stdout, err.fileno())
+        err.seek(0)
+        text = err.read(64 * 1024).decode(errors='replace').strip()
+    return status, text
+
+
+def _put_file(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
+              st: os.stat_result) -> None:
+    base = os.path.basename(os.path.normpath(src))
+    script = _PUT_FILE.format(
+        dst=shlex.quote(dst), base=shlex.quote(base),
+        mode=stat.S_IMODE(st.st_mode), mtime=int(st.st_mtime))
+    try:
+        fd = os.open(src, os.O_RDONLY)
+    except OSError as err:
+        raise exceptions.CopyError(f'cannot read {src}: {err.strerror}')
+    try:
+        status, err_text = _run_script(source, ref, script, fd,
+                                       _devnull(os.O_WRONLY))
+    finally:
+        os.close(fd)
+    if status != 0:
+        raise exceptions.CopyError(
+            f'copy to {source.name} instance path {dst} failed '
+            f'(exit {status}): {err_text or "no error output"}')
+
+
+def _get_file(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
+              mode: int, mtime: int) -> None:
+    base = os.path.basename(src.rstrip('/'))
+    target = localcopy.target_path(base, dst, os.path.isdir(dst))
+    if os.path.isdir(target):
+        raise exceptions.CopyError(
+            f'{target}: is a directory; not replacing it with a file')
+    parent = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(parent):
+        raise exceptions.CopyError(f'{parent}: no such directory')
+    fd, tmp = tempfile.mkstemp(prefix='.crcache-cp.', dir=parent)
+    try:
+        try:
+            status, err_text = _run_script(
+                source, ref, f'exec cat -- {shlex.quote(src)}',
+                _devnull(os.O_RDONLY), fd)
+        finally:
+            os.close(fd)
+        if status != 0:
+            raise exceptions.CopyError(
+                f'copy from {source.name} instance path {src} failed '
+                f'(exit {status}): {err_text or "no error output"}')
+        os.chmod(tmp, mode & ~(stat.S_ISUID | stat.S_ISGID))
+        os.utime(tmp, (mtime, mtime))
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _devnull(flags: int) -> int:
+    return os.open(os.devnull, flags)
 
 
 class _Background:
@@ -106,6 +209,11 @@ def copy_in(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
     if not os.path.lexists(src):
         raise exceptions.CopyError(f'{src}: no such file or directory')
     localcopy.check_source(src, os.path.isdir(src), recursive)
+    # With -r a link is copied as a link (in an archive), as cp -r does.
+    st = os.stat(src) if not recursive else os.lstat(src)
+    if stat.S_ISREG(st.st_mode):
+        _put_file(source, ref, src, dst, st)
+        return
     base = os.path.basename(os.path.normpath(src))
     script = _EXTRACT.format(dst=shlex.quote(dst), base=shlex.quote(base))
     r, w = os.pipe()
@@ -144,6 +252,22 @@ def copy_out(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
     base = os.path.basename(src.rstrip('/')) or src
     if base in ('.', '..', '/'):
         raise exceptions.CopyError(f'{src}: name a file or directory')
+    status, out, err = source.capture(
+        ref, [_STAT.format(src=shlex.quote(src))])
+    if status != 0:
+        reason = err.decode(errors='replace').strip()
+        if 'No such file' in reason or not reason:
+            reason = f'{src}: no such file or directory'
+        raise exceptions.CopyError(
+            f'copy from {source.name} instance path {src} failed: {reason}')
+    kind, mode, mtime, link = out.decode(errors='replace').strip().split(
+        '|')
+    if kind.startswith('regular') and not (recursive and link):
+        _get_file(source, ref, src, dst, int(mode, 8), int(mtime))
+        return
+    if kind == 'directory' and not recursive:
+        raise exceptions.CopyError(
+            f'{src}: is a directory (use -r to copy directories)')
     dst_is_dir = os.path.isdir(dst)
     if dst_is_dir:
         into = dst
