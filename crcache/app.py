@@ -116,6 +116,8 @@ class CrcacheApp(app.App):
         if self.options.verbose_level < 2:
             for name in ('paramiko', 'stevedore', 'docker', 'urllib3'):
                 logging.getLogger(name).setLevel(logging.WARNING)
+        else:
+            logging.getLogger('paramiko').propagate = True
 
     def interact(self) -> None:
         # crcache has no interactive mode: with no command, show the help.

@@ -466,7 +466,8 @@ class Cache:
             stdout: int = 1, stderr: int = 2) -> int:
         """Run ``argv`` on an acquired instance; return its exit status."""
         leaf, source = self.resolve(name)
-        return source.run(leaf.ref or {}, argv, stdin, stdout, stderr)
+        return self._call(source, f'running on {name}', source.run,
+                          leaf.ref or {}, argv, stdin, stdout, stderr)
 
     def copy(self, src: str, dst: str, recursive: bool = False) -> None:
         """Copy between ``[INSTANCE:]PATH`` arguments (``cp -p`` style)."""
@@ -482,10 +483,12 @@ class Cache:
             return
         if src_name is not None:
             leaf, source = self.resolve(src_name)
-            source.copy_out(leaf.ref or {}, src_path, dst_path, recursive)
+            self._call(source, f'copying from {src_name}', source.copy_out,
+                       leaf.ref or {}, src_path, dst_path, recursive)
         else:
             leaf, source = self.resolve(dst_name)
-            source.copy_in(leaf.ref or {}, src_path, dst_path, recursive)
+            self._call(source, f'copying to {dst_name}', source.copy_in,
+                       leaf.ref or {}, src_path, dst_path, recursive)
 
     def _copy_between(self, src_name: str, src_path: str, dst_name: str,
                       dst_path: str, recursive: bool) -> None:

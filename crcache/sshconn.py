@@ -27,6 +27,7 @@ import base64
 import dataclasses
 import getpass
 import hashlib
+import logging
 import os
 import select
 import signal
@@ -39,6 +40,12 @@ from paramiko.common import cMSG_CHANNEL_REQUEST, MSG_CHANNEL_REQUEST
 from paramiko.message import Message
 
 from crcache import exceptions
+
+# paramiko's transport thread logs failures (with tracebacks) that we
+# also raise as one clear line; they reach the user only with -vv.
+_PARAMIKO_LOG = logging.getLogger('paramiko')
+_PARAMIKO_LOG.addHandler(logging.NullHandler())
+_PARAMIKO_LOG.propagate = False
 
 SYSTEM_KNOWN_HOSTS = '/etc/ssh/ssh_known_hosts'
 DEFAULT_KEY_FILES = ('~/.ssh/id_ed25519', '~/.ssh/id_ecdsa', '~/.ssh/id_rsa')
@@ -226,13 +233,22 @@ class Connection:
         transport.packetizer.REKEY_PACKETS = REKEY_BYTES
         transport.packetizer.REKEY_BYTES_OVERFLOW_MAX = REKEY_BYTES
         transport.packetizer.REKEY_PACKETS_OVERFLOW_MAX = REKEY_BYTES
+        transport.banner_timeout = self.target.timeout
+        timed_out = self.target.error(
+            f'connection timed out after {self.target.timeout:g}s waiting '
+            'for the ssh handshake')
         try:
             transport.start_client(timeout=self.target.timeout)
         except paramiko.SSHException as err:
+            if 'banner' in str(err):
+                raise timed_out
             raise self.target.error(f'ssh negotiation failed: {err}')
         except (EOFError, OSError) as err:
             raise self.target.error(
                 f'connection closed during ssh negotiation: {err}')
+        if transport.host_key is None:
+            # start_client returns quietly when its timeout runs out.
+            raise timed_out
 
     # -- host keys -----------------------------------------------------------
 

@@ -224,7 +224,9 @@ class SshSource(base.BackendSource):
 
                 signal.signal(signal.SIGWINCH, resized)
                 saved = termios.tcgetattr(stdin)
-                tty.setraw(stdin)
+                # TCSADRAIN, as OpenSSH: TCSAFLUSH (the default) would drop
+                # what was typed while the connection was being made.
+                tty.setraw(stdin, termios.TCSADRAIN)
             chan.invoke_shell()
             return sshconn.pump(chan, stdin, stdout, stdout)
         finally:

@@ -14,9 +14,11 @@ whoever runs the tests.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import pwd
+import signal
 import socket
 import subprocess
 import tempfile
@@ -54,6 +56,15 @@ def keygen(path: str) -> str:
                     'crcache-test', '-f', path], check=True)
     with open(path + '.pub') as f:
         return f.read().strip()
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie does not)."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except (OSError, IndexError):
+        return False
 
 
 class SSHServer(fixtures.Fixture):
@@ -137,14 +148,43 @@ MaxSessions 50
                 time.sleep(0.02)
         return False
 
+    def sessions(self) -> list[int]:
+        """Pids of the server's per-connection processes."""
+        if self.proc is None:
+            return []
+        pids = []
+        for entry in os.listdir('/proc'):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f'/proc/{entry}/stat') as f:
+                    fields = f.read().rsplit(')', 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == self.proc.pid and fields[0] != 'Z':
+                pids.append(int(entry))
+        return pids
+
     def stop(self) -> None:
+        """Stop the server and drop its connections, as a host going down.
+
+        Stopping sshd alone leaves the connections it accepted open.
+        """
         if self.proc is not None and self.proc.poll() is None:
+            sessions = self.sessions()
             self.proc.terminate()
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+            for pid in sessions:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while sessions and time.monotonic() < deadline:
+                sessions = [pid for pid in sessions if alive(pid)]
+                time.sleep(0.02)
         self.proc = None
 
     def known_hosts_line(self) -> str:

@@ -1,0 +1,644 @@
+"""The ssh source through the CLI, against real OpenSSH servers.
+
+Every test starts its own sshd (:mod:`crcache.tests.functional.sshd`) on a
+loopback port and reaches it as the source ``host``, with a known_hosts
+file in the test's home and a runtime directory of its own, so the
+connection holders a test leaves behind can be watched and go with it.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import signal
+import socket
+import stat
+import subprocess
+import threading
+import time
+import uuid
+
+from crcache.tests.functional import base
+from crcache.tests.functional import sshd
+
+
+def fingerprint(public_key_path: str) -> str:
+    """OpenSSH's SHA256 fingerprint of a public key file."""
+    out = subprocess.run(
+        ['ssh-keygen', '-l', '-E', 'sha256', '-f', public_key_path],
+        capture_output=True, text=True, check=True).stdout
+    return out.split()[1]
+
+
+def _children(parent: int) -> list[int]:
+    pids = []
+    for entry in os.listdir('/proc'):
+        try:
+            with open(f'/proc/{entry}/stat') as f:
+                if int(f.read().rsplit(')', 1)[1].split()[1]) == parent:
+                    pids.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def _mode(path: str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+class SSHTestCase(base.CLITestCase):
+    """One real sshd, known to the source ``host``."""
+
+    #: Extra source.conf keys for the source ``host``.
+    source_overrides: dict[str, object] = {}
+
+    def setUp(self) -> None:
+        super().setUp()
+        base.require_program(self, sshd.SSHD, 'openssh-server')
+        self.runtime = os.path.join(self.home, 'run')
+        os.mkdir(self.runtime, 0o700)
+        self.env['XDG_RUNTIME_DIR'] = self.runtime
+        self.addCleanup(self._stop_helpers)
+        self.known_hosts = os.path.join(self.home, 'known_hosts')
+        self.server = self.useFixture(sshd.SSHServer())
+        self.write_known_hosts(self.server)
+        self.write_source('host', **self.server.source_keys(
+            self.known_hosts, **self.source_overrides))
+
+    # -- helpers -------------------------------------------------------------
+
+    def write_known_hosts(self, *servers: sshd.SSHServer) -> None:
+        with open(self.known_hosts, 'w') as f:
+            f.writelines(s.known_hosts_line() + '\n' for s in servers)
+
+    def acquire(self, source: str = 'host') -> str:
+        return self.crcache('acquire', '-s', source).stdout.strip()
+
+    def run_on(self, name: str, *argv: str, **kwargs: object
+               ) -> base.Result:
+        return self.crcache('run', name, *argv, **kwargs)
+
+    def _pids(self, pattern: str) -> list[int]:
+        out = subprocess.run(['pgrep', '-f', pattern],
+                             capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split() if sshd.alive(int(pid))]
+
+    def holder_pids(self) -> list[int]:
+        return self._pids(f'crcache.sshholder {self.runtime}/')
+
+    def holder_sockets(self) -> list[str]:
+        return glob.glob(os.path.join(self.runtime, 'crcache',
+                                      'ssh1-*.sock'))
+
+    def _stop_helpers(self) -> None:
+        # The agent and the holders this test's commands left behind.
+        for pid in (self._pids(f'crcache.agent {self.runtime}')
+                    + self.holder_pids()):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def wait_for(self, predicate, timeout: float = 20,
+                 what: str = '') -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                self.fail(f'timed out after {timeout}s waiting for '
+                          f'{what or predicate}')
+            time.sleep(0.05)
+
+    def in_terminal_within(self, timeout: float, *args: str,
+                           input: bytes) -> tuple[int, bytes]:
+        """:meth:`in_terminal`, killing a command still there at timeout.
+
+        A shell that never sees its input would wait for it forever;
+        killed, it fails the test instead of hanging the run.
+        """
+        done = threading.Event()
+
+        def watchdog() -> None:
+            if done.wait(timeout):
+                return
+            for pid in _children(os.getpid()):
+                try:
+                    with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                        if base.CRCACHE.encode() in f.read():
+                            os.kill(pid, signal.SIGKILL)
+                except (OSError, ProcessLookupError):
+                    pass
+
+        threading.Thread(target=watchdog, daemon=True).start()
+        try:
+            return self.in_terminal(*args, input=input)
+        finally:
+            done.set()
+
+    def remote_tmpdir(self, name: str) -> str:
+        """A fresh directory on the host, removed after the test."""
+        path = self.run_on(name, 'mktemp -d').stdout.strip()
+        self.assertTrue(path.startswith('/'), path)
+        self.addCleanup(self.crcache, 'run', name, 'rm', '-rf', path,
+                        expect=None)
+        return path
+
+
+class RunMixin:
+    """Commands on an ssh host, as a script sees them."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.name = self.acquire()
+
+    def test_acquire_run_release(self) -> None:
+        self.assertEqual('host-0', self.name)
+        row = self.status('host')['host']
+        self.assertEqual((1, 1), (row['in-use'], row['max']), row)
+        result = self.run_on(self.name, 'whoami')
+        self.assertEqual(f'{self.server.user}\n', result.stdout)
+        self.assertEqual('', result.stderr)
+        self.crcache('release', self.name)
+        row = self.status('host')['host']
+        self.assertEqual(0, row['in-use'], row)
+        result = self.run_on(self.name, 'true', expect=255)
+        self.assertOneLineError(result, "unknown instance 'host-0'")
+
+    def test_assignments_and_quoting(self) -> None:
+        result = self.run_on(self.name, '--', 'A=1', 'sh', '-c', 'echo $A')
+        self.assertEqual('1\n', result.stdout)
+        result = self.run_on(self.name, '--', 'A=1', 'B=x y', 'sh', '-c',
+                             'echo "$A|$B|$0"', 'arg zero')
+        self.assertEqual('1|x y|arg zero\n', result.stdout)
+
+    def test_single_word_is_a_command_line(self) -> None:
+        result = self.run_on(self.name, 'echo a && echo b')
+        self.assertEqual('a\nb\n', result.stdout)
+
+    def test_exit_status(self) -> None:
+        self.run_on(self.name, 'exit 7', expect=7)
+        self.run_on(self.name, 'true', expect=0)
+
+    def test_signal_death_is_128_plus_n(self) -> None:
+        self.run_on(self.name, 'kill -KILL $$', expect=137)
+        self.run_on(self.name, 'kill -TERM $$', expect=143)
+
+    def test_binary_stdin_and_stdout(self) -> None:
+        data = os.urandom(64 << 20) + bytes(range(256))
+        result = self.run_on(self.name, 'cat', input=data, binary=True)
+        self.assertEqual(b'', result.stderr)
+        self.assertEqual(len(data), len(result.stdout))
+        self.assertEqual(hashlib.sha256(data).hexdigest(),
+                         hashlib.sha256(result.stdout).hexdigest())
+
+    def test_streams_stay_apart(self) -> None:
+        result = self.run_on(self.name, 'echo out; echo err >&2; echo out2')
+        self.assertEqual('out\nout2\n', result.stdout)
+        self.assertEqual('err\n', result.stderr)
+
+    def test_stdin_eof_reaches_the_command(self) -> None:
+        result = self.run_on(self.name, 'wc -c', input='x' * 12345 + '\n')
+        self.assertEqual('12346', result.stdout.strip())
+        # No input at all is an immediate EOF too, not a hang.
+        result = self.run_on(self.name, 'cat; echo done', timeout=30)
+        self.assertEqual('done\n', result.stdout)
+
+    def test_sigterm_reaches_the_command(self) -> None:
+        # The trap is set before "ready", so the signal cannot come first.
+        proc = self.start(
+            'run', self.name,
+            'trap "echo got TERM; exit 7" TERM; echo ready; '
+            'while :; do sleep 0.1; done')
+        self.assertEqual(b'ready\n', proc.stdout.readline())
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(7, proc.wait(timeout=30))
+        self.assertEqual(b'got TERM\n', proc.stdout.read())
+        self.assertNotIn(b'Traceback', proc.stderr.read())
+
+    def test_sigint_ends_the_remote_command(self) -> None:
+        # As Ctrl-C: the whole process group gets SIGINT. The sleep has a
+        # duration of its own, to find it on the host with pgrep;
+        # "slee[p]" keeps pgrep from finding the shell that runs pgrep.
+        duration = f'31.{uuid.uuid4().int % 10 ** 9:09d}'
+        sleeping = f"pgrep -f 'slee[p] {duration}' || echo none"
+        proc = subprocess.Popen(
+            [base.CRCACHE, 'run', self.name,
+             f'echo ready; exec sleep {duration}'],
+            env=self.env, cwd=self.project, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        self.assertEqual(b'ready\n', proc.stdout.readline())
+        self.assertNotEqual('none\n',
+                            self.run_on(self.name, sleeping).stdout)
+        started = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        self.assertEqual(130, proc.wait(timeout=10))
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertNotIn(b'Traceback', proc.stderr.read())
+        # The remote sleep is gone too.
+        self.wait_for(
+            lambda: self.run_on(self.name, sleeping).stdout == 'none\n',
+            5, 'the remote sleep to end')
+
+    def test_reader_that_stops_early(self) -> None:
+        # As with ssh, "yes | head" ends when head has read its line.
+        proc = subprocess.run(
+            ['sh', '-c', '"$0" run "$1" yes | head -n 1', base.CRCACHE,
+             self.name], env=self.env, cwd=self.project,
+            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=30)
+        self.assertEqual(('y\n', ''), (proc.stdout, proc.stderr))
+
+
+class TestRunThroughHolder(RunMixin, SSHTestCase):
+    """Commands handed to the connection holder: the usual case."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        # Acquiring ran a command, which left a holder behind.
+        self.wait_for(self.holder_sockets, what='a holder socket')
+
+
+class TestRunDirect(RunMixin, SSHTestCase):
+    """Commands on connections of their own (no holder)."""
+
+    source_overrides = {'ssh_persist': 0}
+
+
+class TestInteractiveShell(SSHTestCase):
+    """No command: a login shell on a pty, as plain ssh gives."""
+
+    def test_interactive_shell(self) -> None:
+        self.name = self.acquire()
+        home = self.run_on(self.name, 'echo $HOME').stdout.strip()
+        status, output = self.in_terminal_within(
+            15, 'run', self.name, input=b'echo "in $HOME"; exit 3\n')
+        self.assertEqual(3, status, output)
+        self.assertIn(f'in {home}'.encode(), output)
+
+
+class TestCopy(SSHTestCase):
+    """cp both ways, files and trees, modes kept."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.name = self.acquire()
+        self.remote = self.remote_tmpdir(self.name)
+        self.tree = os.path.join(self.project, 'tree')
+        os.makedirs(os.path.join(self.tree, 'sub', 'deeper'))
+        self._write(os.path.join(self.tree, 'data.txt'), 'data\n', 0o640)
+        self._write(os.path.join(self.tree, 'sub', 'run.sh'),
+                    '#!/bin/sh\necho ran\n', 0o750)
+        self._write(os.path.join(self.tree, 'sub', 'deeper', 'blob'),
+                    bytes(range(256)) * 1000, 0o600)
+        os.chmod(os.path.join(self.tree, 'sub'), 0o751)
+
+    def _write(self, path: str, content: str | bytes, mode: int) -> None:
+        with open(path, 'wb') as f:
+            f.write(content.encode() if isinstance(content, str)
+                    else content)
+        os.chmod(path, mode)
+
+    def _remote_listing(self, path: str) -> str:
+        """`mode path sha256` of everything under ``path`` on the host."""
+        return self.run_on(
+            self.name,
+            f'cd {path} && find . | LC_ALL=C sort | while read -r p; do '
+            'if [ -f "$p" ]; then s=$(sha256sum < "$p" | cut -c1-64); '
+            'else s=-; fi; echo "$(stat -c %a "$p") $p $s"; done').stdout
+
+    def _local_listing(self, path: str) -> str:
+        lines = []
+        for root, dirs, files in os.walk(path):
+            for entry in dirs + files:
+                full = os.path.join(root, entry)
+                rel = './' + os.path.relpath(full, path)
+                if os.path.isfile(full):
+                    with open(full, 'rb') as f:
+                        digest = hashlib.sha256(f.read()).hexdigest()
+                else:
+                    digest = '-'
+                lines.append(f'{_mode(full):o} {rel} {digest}')
+        lines.append(f'{_mode(path):o} . -')
+        return ''.join(line + '\n' for line in sorted(
+            lines, key=lambda line: line.split()[1].encode()))
+
+    def test_file_up_and_down(self) -> None:
+        src = os.path.join(self.tree, 'sub', 'run.sh')
+        self.crcache('cp', src, f'{self.name}:{self.remote}/run.sh')
+        result = self.run_on(self.name, f'stat -c %a {self.remote}/run.sh;'
+                             f' {self.remote}/run.sh')
+        self.assertEqual('750\nran\n', result.stdout)
+
+        self.run_on(self.name, f"printf 'one\\ntwo\\n' > {self.remote}/f; "
+                    f'chmod 640 {self.remote}/f')
+        dst = os.path.join(self.home, 'f.copy')
+        self.crcache('cp', f'{self.name}:{self.remote}/f', dst)
+        with open(dst) as f:
+            self.assertEqual('one\ntwo\n', f.read())
+        self.assertEqual(0o640, _mode(dst))
+
+    def test_tree_up_and_down(self) -> None:
+        expected = self._local_listing(self.tree)
+        self.crcache('cp', '-r', self.tree, f'{self.name}:{self.remote}')
+        self.assertEqual(expected,
+                         self._remote_listing(f'{self.remote}/tree'))
+
+        target = os.path.join(self.home, 'target')
+        os.mkdir(target)
+        self.crcache('cp', '-r', f'{self.name}:{self.remote}/tree', target)
+        self.assertEqual(expected,
+                         self._local_listing(os.path.join(target, 'tree')))
+
+    def test_remote_relative_paths_are_in_the_home(self) -> None:
+        name = f'crcache-test-{uuid.uuid4().hex}'
+        self.addCleanup(self.crcache, 'run', self.name, 'rm', '-f', name,
+                        expect=None)
+        src = os.path.join(self.tree, 'data.txt')
+        self.crcache('cp', src, f'{self.name}:{name}')
+        result = self.run_on(self.name, f'cat ~/{name}; cat {name}')
+        self.assertEqual('data\ndata\n', result.stdout)
+        dst = os.path.join(self.home, 'back.txt')
+        self.crcache('cp', f'{self.name}:{name}', dst)
+        with open(dst) as f:
+            self.assertEqual('data\n', f.read())
+
+
+class TestHostKeys(SSHTestCase):
+    """Host keys are verified; only accept-new records; changed is loud."""
+
+    def test_unknown_key_is_refused_by_default(self) -> None:
+        open(self.known_hosts, 'w').close()
+        result = self.crcache('acquire', '-s', 'host', expect=None)
+        self.assertOneLineError(
+            result, "'host'", f'127.0.0.1:{self.server.port}',
+            fingerprint(self.server.host_key + '.pub'),
+            'ssh_host_key_policy=accept-new')
+        with open(self.known_hosts) as f:
+            self.assertEqual('', f.read())
+        self.assertEqual(0, self.status('host')['host']['in-use'])
+
+    def test_accept_new_records_the_key(self) -> None:
+        os.unlink(self.known_hosts)
+        self.write_source('host', **self.server.source_keys(
+            self.known_hosts, ssh_host_key_policy='accept-new'))
+        name = self.acquire()
+        self.assertEqual(self.server.user + '\n',
+                         self.run_on(name, 'whoami').stdout)
+        with open(self.known_hosts) as f:
+            lines = f.read().splitlines()
+        expected = self.server.known_hosts_line().split()[:3]
+        self.assertEqual([expected], [line.split()[:3] for line in lines])
+        # Known now: the default policy connects too.
+        self.write_source('host',
+                          **self.server.source_keys(self.known_hosts))
+        self.crcache('release', name)
+        name = self.acquire()
+        self.assertEqual('ok\n', self.run_on(name, 'echo ok').stdout)
+
+    def test_changed_key_is_refused_whatever_the_policy(self) -> None:
+        other = sshd.keygen(os.path.join(self.home, 'other_host_key'))
+        with open(self.known_hosts, 'w') as f:
+            f.write(f'[127.0.0.1]:{self.server.port} {other}\n')
+        with open(self.known_hosts, 'rb') as f:
+            before = f.read()
+        for policy in ('reject', 'accept-new'):
+            self.write_source('host', **self.server.source_keys(
+                self.known_hosts, ssh_host_key_policy=policy))
+            result = self.crcache('acquire', '-s', 'host', expect=None)
+            self.assertOneLineError(
+                result, "'host'", f'127.0.0.1:{self.server.port}',
+                'HOST KEY CHANGED',
+                fingerprint(self.server.host_key + '.pub'))
+            with open(self.known_hosts, 'rb') as f:
+                self.assertEqual(before, f.read(), policy)
+        self.assertEqual(0, self.status('host')['host']['in-use'])
+
+
+class TestConnectionErrors(SSHTestCase):
+    """One line naming the source, host and port, and the cause."""
+
+    def test_wrong_key(self) -> None:
+        key = os.path.join(self.home, 'stranger_ed25519')
+        public = sshd.keygen(key)
+        self.write_source('host', **self.server.source_keys(
+            self.known_hosts, ssh_key=key))
+        result = self.crcache('acquire', '-s', 'host', expect=None)
+        self.assertOneLineError(
+            result, "'host'", f'127.0.0.1:{self.server.port}',
+            'authentication failed', key)
+        with open(key) as f:
+            secret = [line for line in f.read().splitlines()
+                      if line and not line.startswith('-----')]
+        for line in secret + [public.split()[1]]:
+            self.assertNotIn(line, result.stderr)
+            self.assertNotIn(line, result.stdout)
+
+    def test_missing_key_file(self) -> None:
+        key = os.path.join(self.home, 'no_such_key')
+        self.write_source('host', **self.server.source_keys(
+            self.known_hosts, ssh_key=key))
+        result = self.crcache('acquire', '-s', 'host', expect=None)
+        self.assertOneLineError(result, "'host'", key, 'no such file')
+
+    def _unreachable(self, **keys: object) -> base.Result:
+        self.write_source('host', **self.server.source_keys(
+            self.known_hosts, ssh_connect_timeout=2, **keys))
+        started = time.monotonic()
+        result = self.crcache('acquire', '-s', 'host', expect=None,
+                              timeout=30)
+        self.assertLess(time.monotonic() - started, 15, str(result))
+        return result
+
+    def test_silent_server_times_out(self) -> None:
+        # Something listens but never speaks ssh (a hung or overloaded
+        # host): the connect timeout applies to the ssh handshake too.
+        silent = socket.socket()
+        self.addCleanup(silent.close)
+        silent.bind(('127.0.0.1', 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        result = self._unreachable(ssh_port=port)
+        self.assertOneLineError(result, "'host'", f'127.0.0.1:{port}',
+                                'timed out')
+
+    def test_connection_refused(self) -> None:
+        port = sshd.free_port()
+        result = self._unreachable(ssh_port=port)
+        self.assertOneLineError(result, "'host'", f'127.0.0.1:{port}',
+                                'connection refused')
+
+    def test_unresolvable_host(self) -> None:
+        result = self._unreachable(ssh_host='nosuchhost.invalid')
+        self.assertOneLineError(
+            result, "'host'", f'nosuchhost.invalid:{self.server.port}',
+            'cannot resolve')
+
+
+class TestPool(SSHTestCase):
+    """A pool over three hosts (three servers on three ports)."""
+
+    def test_acquire_three_and_run_on_each(self) -> None:
+        servers = [self.server] + [self.useFixture(sshd.SSHServer())
+                                   for _ in range(2)]
+        self.write_known_hosts(*servers)
+        for i, server in enumerate(servers):
+            self.write_source(f'h{i}',
+                              **server.source_keys(self.known_hosts))
+        self.write_source('pool', type='pool', sources='h0,h1,h2')
+        names = self.crcache('acquire', '-s', 'pool', '-n', '3'
+                             ).stdout.split()
+        self.assertEqual(3, len(set(names)), names)
+        reached = []
+        for name in names:
+            # "client address, client port, server address, server port"
+            out = self.run_on(name, 'echo $SSH_CONNECTION').stdout
+            reached.append(int(out.split()[3]))
+        self.assertEqual(sorted(s.port for s in servers), sorted(reached))
+        status = self.status('pool', 'h0', 'h1', 'h2')
+        self.assertEqual([3, 1, 1, 1], [status[s]['in-use'] for s in
+                                        ('pool', 'h0', 'h1', 'h2')])
+        self.crcache('release', *names)
+        status = self.status('pool', 'h0', 'h1', 'h2')
+        self.assertEqual([0, 0, 0, 0], [status[s]['in-use'] for s in
+                                        ('pool', 'h0', 'h1', 'h2')])
+
+
+class TestSSHConfig(SSHTestCase):
+
+    def test_host_alias_from_ssh_config(self) -> None:
+        os.mkdir(os.path.join(self.home, '.ssh'), 0o700)
+        with open(os.path.join(self.home, '.ssh', 'config'), 'w') as f:
+            f.write(f'Host myalias\n'
+                    f'    HostName 127.0.0.1\n'
+                    f'    Port {self.server.port}\n'
+                    f'    User {self.server.user}\n'
+                    f'    IdentityFile {self.server.client_key}\n')
+        self.write_source('alias', type='ssh', ssh_host='myalias',
+                          ssh_known_hosts=self.known_hosts)
+        name = self.acquire('alias')
+        out = self.run_on(name, 'whoami; echo $SSH_CONNECTION').stdout
+        user, connection = out.splitlines()
+        self.assertEqual(self.server.user, user)
+        self.assertEqual(str(self.server.port), connection.split()[3])
+
+
+class TestConnectionHolder(SSHTestCase):
+    """Later commands reuse one connection; a lost holder costs nothing."""
+
+    def _connection(self, name: str) -> str:
+        return self.run_on(name, 'echo $SSH_CONNECTION').stdout.strip()
+
+    def test_later_runs_reuse_one_connection(self) -> None:
+        name = self.acquire()
+        self.run_on(name, 'true')
+        self.wait_for(self.holder_sockets, what='a holder socket')
+        before = self.server.accepted_logins()
+        connections = {self._connection(name) for _ in range(5)}
+        self.assertEqual(1, len(connections), connections)
+        self.assertLessEqual(self.server.accepted_logins() - before, 1)
+        sockets = self.holder_sockets()
+        self.assertEqual(1, len(sockets), sockets)
+        self.assertEqual(0, _mode(sockets[0]) & 0o077)  # private
+        self.assertEqual(0o700, _mode(os.path.dirname(sockets[0])))
+
+    def test_concurrent_commands_share_it(self) -> None:
+        name = self.acquire()
+        self.wait_for(self.holder_sockets, what='a holder socket')
+        self.run_on(name, 'true')
+        before = self.server.accepted_logins()
+        started = time.monotonic()
+        procs = [self.start('run', name,
+                            f'sleep 1; echo {i} $SSH_CONNECTION')
+                 for i in range(8)]
+        outputs = [(proc.wait(timeout=30), proc.stdout.read().decode())
+                   for proc in procs]
+        self.assertLess(time.monotonic() - started, 6)  # side by side
+        self.assertEqual([0] * 8, [status for status, _ in outputs])
+        self.assertEqual([str(i) for i in range(8)],
+                         [out.split()[0] for _, out in outputs])
+        connections = {tuple(out.split()[1:]) for _, out in outputs}
+        self.assertEqual(1, len(connections), connections)
+        self.assertLessEqual(self.server.accepted_logins() - before, 1)
+
+    def test_persist_zero_connects_every_time(self) -> None:
+        self.write_source('host', **self.server.source_keys(
+            self.known_hosts, ssh_persist=0))
+        name = self.acquire()
+        before = self.server.accepted_logins()
+        for _ in range(3):
+            self.assertEqual('ok\n', self.run_on(name, 'echo ok').stdout)
+        self.assertEqual(3, self.server.accepted_logins() - before)
+        self.assertEqual([], self.holder_sockets())
+        self.assertEqual([], self.holder_pids())
+
+    def test_idle_holder_exits(self) -> None:
+        self.write_source('host', **self.server.source_keys(
+            self.known_hosts, ssh_persist=1))
+        name = self.acquire()
+        self.wait_for(self.holder_sockets, what='a holder socket')
+        self.assertEqual('ok\n', self.run_on(name, 'echo ok').stdout)
+        self.wait_for(lambda: not self.holder_sockets()
+                      and not self.holder_pids(), 8,
+                      'the idle holder to go')
+        self.assertEqual('again\n', self.run_on(name, 'echo again').stdout)
+
+    def test_killed_holder_leaves_a_stale_socket(self) -> None:
+        name = self.acquire()
+        self.run_on(name, 'true')
+        # (A holder that lost the race to bind the socket exits at once.)
+        self.wait_for(lambda: len(self.holder_pids()) == 1,
+                      what='one holder')
+        self.wait_for(self.holder_sockets, what='a holder socket')
+        [pid] = self.holder_pids()
+        os.kill(pid, signal.SIGKILL)
+        self.wait_for(lambda: not sshd.alive(pid), what='the holder to die')
+        self.assertEqual(1, len(self.holder_sockets()))  # stale
+        self.assertEqual('ok\n', self.run_on(name, 'echo ok').stdout)
+        # A new holder takes the stale socket's place.
+        self.wait_for(lambda: self.holder_pids() not in ([], [pid]),
+                      what='a new holder')
+        self.assertEqual('ok\n', self.run_on(name, 'echo ok').stdout)
+
+    def test_restarted_server(self) -> None:
+        name = self.acquire()
+        self.run_on(name, 'true')
+        self.wait_for(self.holder_sockets, what='a holder socket')
+        old = self._connection(name)  # through the holder
+        self.server.stop()
+        self.server.start()
+        self.assertEqual('ok\n', self.run_on(name, 'echo ok').stdout)
+        new = self._connection(name)
+        self.assertNotEqual(old, new)
+        self.assertEqual(str(self.server.port), new.split()[3])
+
+
+class TestLargeStream(SSHTestCase):
+    """600 MiB through one command: past paramiko's 512 MiB rekey limit."""
+
+    SIZE = 600 << 20
+
+    def test_600_mib_down(self) -> None:
+        name = self.acquire()
+        # Counted by wc in a pipe: the test process never holds the data.
+        proc = subprocess.run(
+            ['bash', '-c', 'set -o pipefail; "$0" run "$1" "$2" | wc -c',
+             base.CRCACHE, name, f'head -c {self.SIZE} /dev/zero'],
+            env=self.env, cwd=self.project, stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=300)
+        self.assertEqual((0, f'{self.SIZE}\n', ''),
+                         (proc.returncode, proc.stdout.lstrip(),
+                          proc.stderr))
+
+    def test_600_mib_up(self) -> None:
+        name = self.acquire()
+        proc = subprocess.run(
+            ['bash', '-c', 'set -o pipefail; head -c "$2" /dev/zero | '
+             '"$0" run "$1" "wc -c"', base.CRCACHE, name, str(self.SIZE)],
+            env=self.env, cwd=self.project, capture_output=True,
+            text=True, timeout=300)
+        self.assertEqual((0, f'{self.SIZE}\n', ''),
+                         (proc.returncode, proc.stdout.lstrip(),
+                          proc.stderr))
