@@ -51,7 +51,12 @@ SYSTEM_KNOWN_HOSTS = '/etc/ssh/ssh_known_hosts'
 DEFAULT_KEY_FILES = ('~/.ssh/id_ed25519', '~/.ssh/id_ecdsa', '~/.ssh/id_rsa')
 POLICIES = ('reject', 'accept-new')
 REKEY_BYTES = 1 << 36
+#: Bytes read from a descriptor per send.
 CHUNK = 1 << 18
+#: Bytes asked of a channel per read: more than its window (2 MiB), so
+#: paramiko hands over its whole buffer instead of moving the rest of it
+#: down after every read (which costs a third of the download speed).
+RECV_CHUNK = 1 << 23
 #: Signal numbers by the names the ssh protocol uses (RFC 4254 6.10).
 SIGNALS = {name[3:]: int(getattr(signal, name)) for name in dir(signal)
            if name.startswith('SIG') and not name.startswith('SIG_')
@@ -430,7 +435,7 @@ def pump(chan: paramiko.Channel, stdin: int, stdout: int,
 
     def drain(recv: Any, fd: int) -> None:
         try:
-            while data := recv(CHUNK):
+            while data := recv(RECV_CHUNK):
                 _write_all(fd, data)
         except BrokenPipeError:
             # Nobody reads our output any more: stop the command, as a
