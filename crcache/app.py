@@ -131,8 +131,23 @@ class CrcacheApp(app.App):
             from crcache import cache
             from crcache import config
             from crcache import store
-            self._cache = cache.Cache(config.Config(), store.open_store())
+            self._cache = cache.Cache(config.Config(), store.open_store(),
+                                      progress=self.report)
         return self._cache
+
+    def report(self, message: str) -> None:
+        """A progress line on stderr (stdout belongs to the results).
+
+        Shown on a terminal, or with -v, as git and pip do: scripts that
+        log stderr get errors, not chatter.
+        """
+        try:
+            if self.options.verbose_level < 1 and not self.stderr.isatty():
+                return
+            self.stderr.write(f'crcache: {message}\n')
+            self.stderr.flush()
+        except (OSError, ValueError):
+            pass
 
     def clean_up(self, cmd: Any, result: int,
                  err: BaseException | None) -> None:

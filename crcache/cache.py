@@ -1,35 +1,49 @@
 """The arbitration layer: every instance state transition happens here.
 
 Commands call :class:`Cache`; the cache reads and writes the state store in
-short transactions and asks source drivers to do backend work *between*
-them, never while holding the store. An acquisition claims everything it
-needs (cached instances, new rows in ``provisioning``, the child instances
-pool instances wrap) in a single transaction, so two processes can never
-be handed the same instance and a request that cannot be met changes
-nothing. Rows are written before a backend is asked for anything, so a
-crash at any point leaves a row saying what may exist.
+short transactions and asks source drivers and hook scripts to do their
+work *between* them, never while holding the store. An acquisition claims
+everything it needs (cached instances, new rows in ``provisioning``, the
+child instances that pool instances wrap) in a single transaction, so two
+processes can never be handed the same instance and a request that cannot
+be met changes nothing. Rows are written before a backend is asked for
+anything and carry the identity of the process working on them, so a
+crash at any point leaves a row that says what may exist and who was
+responsible; :mod:`crcache.gc` finishes or undoes such work.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import getpass
+import logging
 import os
 import re
 import socket
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from crcache import exceptions
+from crcache import hooks
 from crcache import invocation
+from crcache import paths
 from crcache.config import Config
 from crcache.sources import base
 from crcache.store import base as store_base
 from crcache.store.base import CACHED, DISCARDING, IN_USE, PROVISIONING
 
+LOG = logging.getLogger(__name__)
+
 #: Instance names are ``<source>-<n>``; anything else is refused up front.
 INSTANCE_NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$')
+#: How long the garbage collection an acquire starts with may take.
+AUTO_GC_BUDGET = 2.0
+#: Most instances provisioned at once.
+PARALLEL = 8
+STAYING = (PROVISIONING, IN_USE, CACHED)
 
 
 def check_instance_name(name: str) -> str:
@@ -51,6 +65,7 @@ def current_holder() -> dict[str, Any]:
         'host': socket.gethostname(),
         'pid': invocation.pid(),
         'ppid': invocation.ppid(),
+        'start': invocation.start_time(invocation.pid()),
         'user': user,
         'since': time.time(),
         'argv': invocation.argv(),
@@ -102,11 +117,19 @@ def _plural(n: int, word: str) -> str:
 
 
 class Cache:
-    """Acquire, release and use instances of configured sources."""
+    """Acquire, release and use instances of configured sources.
 
-    def __init__(self, config: Config, store: store_base.Store) -> None:
+    ``progress`` receives one-line reports of slow work (provisioning),
+    meant for the user's stderr.
+    """
+
+    def __init__(self, config: Config, store: store_base.Store,
+                 progress: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.store = store
+        self.progress = progress or (lambda message: None)
+        self._hook_pids: set[int] = set()
+        self._lock = threading.Lock()
 
     # -- queries -----------------------------------------------------------
 
@@ -162,28 +185,107 @@ class Cache:
     # -- acquire -----------------------------------------------------------
 
     def acquire(self, source_name: str, count: int = 1,
-                holder: dict[str, Any] | None = None
-                ) -> list[store_base.Instance]:
+                holder: dict[str, Any] | None = None,
+                wait: float | None = None,
+                lease: float | None = None) -> list[store_base.Instance]:
         """Take ``count`` instances of a source, all or nothing.
 
-        Cached instances are handed out first; the rest are provisioned.
-        Raises :class:`~crcache.exceptions.CapacityError` (having changed
-        nothing) when the source cannot supply them all.
+        Cached instances are handed out first (after checking that they
+        still answer); the rest are provisioned, in parallel. Without
+        ``wait`` a source without room raises
+        :class:`~crcache.exceptions.CapacityError` at once, having changed
+        nothing; with it, the acquisition queues (first come, first
+        served) for up to ``wait`` seconds (0: for ever). ``lease``
+        (seconds; default: the source's ``lease``) lets ``crcache gc``
+        reclaim the instances once it has passed.
         """
         if count < 1:
             raise exceptions.CrcacheError(
                 f'cannot acquire {count} instances: ask for 1 or more')
         source = self.config.source(source_name)
         holder = holder or current_holder()
-        with self.store.transaction() as tx:
-            claims = self._claim(tx, source, count, holder)
+        if lease is None:
+            lease = source.conf.lease
+        self._auto_gc()
+        if wait is None:
+            with self.store.transaction() as tx:
+                self._check_queue(tx, source, count)
+                claims = self._claim(tx, source, count, holder)
+        else:
+            claims = self._claim_waiting(source, count, holder, wait)
         try:
+            claims = [self._verified(claim, holder) for claim in claims]
             self._provision(claims)
         except BaseException:
             self._undo(claims)
             raise
-        with self.store.reading() as tx:
+        expires = time.time() + lease if lease else None
+        with self.store.transaction() as tx:
+            for claim in claims:
+                tx.update(claim.instance.name, lease_expires=expires)
             return [tx.get(c.instance.name) for c in claims]
+
+    def _auto_gc(self) -> None:
+        from crcache import gc
+        try:
+            gc.collect(self, budget=AUTO_GC_BUDGET)
+        except exceptions.CrcacheError as err:
+            LOG.warning('garbage collection before acquiring: %s', err)
+
+    def _check_queue(self, tx: store_base.Transaction, source: base.Source,
+                     count: int) -> None:
+        waiting = [w for w in tx.waiters(source.name)
+                   if invocation.alive(w.process) is not False]
+        if waiting:
+            raise exceptions.CapacityError(
+                f"source '{source.name}' cannot supply "
+                f"{_plural(count, 'instance')}: "
+                f"{_plural(len(waiting), 'earlier acquisition')} "
+                f"{'is' if len(waiting) == 1 else 'are'} waiting for it "
+                '(use acquire --wait to queue)')
+
+    def _claim_waiting(self, source: base.Source, count: int,
+                       holder: dict[str, Any],
+                       wait: float) -> list[_Claim]:
+        """Queue for the source and claim when first in line and room."""
+        deadline = time.monotonic() + wait if wait else None
+        with self.store.transaction() as tx:
+            ticket = tx.add_waiter(source.name, count, invocation.identity())
+        reported = False
+        try:
+            delay = 0.01
+            while True:
+                refusal: exceptions.CapacityError | None = None
+                try:
+                    with self.store.transaction() as tx:
+                        queue = tx.waiters(source.name)
+                        for waiter in queue:
+                            if waiter.id != ticket and invocation.alive(
+                                    waiter.process) is False:
+                                tx.remove_waiter(waiter.id)
+                        first = [w for w in tx.waiters(source.name)][0]
+                        if first.id == ticket:
+                            claims = self._claim(tx, source, count, holder)
+                            tx.remove_waiter(ticket)
+                            ticket = None
+                            return claims
+                        refusal = exceptions.CapacityError(
+                            f"source '{source.name}': waiting behind an "
+                            'earlier acquisition')
+                except exceptions.CapacityError as err:
+                    refusal = err
+                if deadline is not None and time.monotonic() > deadline:
+                    raise exceptions.CapacityError(
+                        f'{refusal} (waited {wait:g}s)')
+                if not reported:
+                    self.progress(f'waiting: {refusal}')
+                    reported = True
+                time.sleep(delay)
+                delay = min(delay * 1.5, 0.25)
+        finally:
+            if ticket is not None:
+                with self.store.transaction() as tx:
+                    tx.remove_waiter(ticket)
 
     def _claim(self, tx: store_base.Transaction, source: base.Source,
                count: int, holder: dict[str, Any]) -> list[_Claim]:
@@ -246,7 +348,8 @@ class Cache:
         seq = tx.next_seq(source.name)
         inst = store_base.Instance(
             name=f'{source.name}-{seq}', source=source.name, seq=seq,
-            state=PROVISIONING, parent=parent, holder=holder)
+            state=PROVISIONING, parent=parent, holder=holder,
+            op=invocation.identity())
         tx.add(inst)
         claim = _Claim(inst, reused=False)
         if isinstance(source, base.LayeredSource):
@@ -270,49 +373,182 @@ class Cache:
             claim = self._claim_new(tx, child, parent=parent, holder=None)
             if claim is not None:
                 return claim
-        # _can_claim(pool) said yes, so a child must have supplied.
-        raise AssertionError(f'pool {pool.name} could not be satisfied')
+        raise exceptions.CapacityError(
+            f"source '{pool.name}' cannot supply an instance: "
+            + self._exhaustion(tx, pool))
 
-    def _provision(self, claims: list[_Claim]) -> None:
-        new = [c for top in claims for c in top.walk() if not c.reused]
-        by_source: dict[str, list[_Claim]] = {}
-        for claim in new:
-            by_source.setdefault(claim.instance.source, []).append(claim)
-        for source_name, group in by_source.items():
-            source = self.config.source(source_name)
-            if not isinstance(source, base.BackendSource):
-                continue
-            names = [c.instance.name for c in group]
-            refs = self._call(source, 'provision', source.provision, names)
-            missing = [n for n in names if n not in refs]
-            with self.store.transaction() as tx:
-                for claim in group:
-                    if claim.instance.name in refs:
-                        claim.instance.ref = refs[claim.instance.name]
-                        tx.update(claim.instance.name,
-                                  ref=claim.instance.ref)
-            if missing:
-                raise exceptions.SourceError(
-                    source_name, f'provisioning returned no reference for '
-                    f'{", ".join(missing)}')
-            for claim in group:
-                claim.instance.concurrency = (
-                    source.configured_concurrency
-                    or self._call(source, 'probe concurrency',
-                                  source.concurrency,
-                                  claim.instance.ref))
-        # Wrappers take their child's concurrency unless configured;
-        # children were listed after their parents, so go bottom-up.
-        for claim in reversed(new):
+    # -- checking cached instances -------------------------------------------
+
+    def _leaf(self, inst: store_base.Instance) -> store_base.Instance:
+        with self.store.reading() as tx:
+            leaf = inst
+            while leaf.child:
+                nxt = tx.get(leaf.child)
+                if nxt is None:
+                    break
+                leaf = nxt
+        return leaf
+
+    def _verified(self, claim: _Claim, holder: dict[str, Any] | None,
+                  parent: str | None = None) -> _Claim:
+        """Return the claim, or a replacement if a reused one is dead."""
+        if not claim.reused:
             if claim.child is not None:
+                claim.child = self._verified(claim.child, None,
+                                             claim.instance.name)
+            return claim
+        leaf = self._leaf(claim.instance)
+        source = self.config.source(leaf.source)
+        if (not isinstance(source, base.BackendSource)
+                or not source.conf.verify_cached
+                or source.is_alive(leaf.ref or {})):
+            return claim
+        self.progress(f'cached instance {claim.instance.name} does not '
+                      'answer; discarding it and taking another')
+        with self.store.transaction() as tx:
+            tx.update(claim.instance.name, state=DISCARDING,
+                      op=invocation.identity())
+        self._discard(claim.instance, force=True)
+        owner = self.config.source(claim.instance.source)
+        with self.store.transaction() as tx:
+            if parent is None:
+                replacement = self._claim(tx, owner, 1, holder)[0]
+            else:
+                pool = self.config.source(self._source_of(tx, parent))
+                replacement = self._claim_child(tx, pool, parent)
+                tx.update(parent, child=replacement.instance.name)
+        return self._verified(replacement, holder, parent)
+
+    @staticmethod
+    def _source_of(tx: store_base.Transaction, name: str) -> str:
+        inst = tx.get(name)
+        if inst is None:
+            raise exceptions.StoreError(f'instance {name} vanished')
+        return inst.source
+
+    # -- provisioning -------------------------------------------------------
+
+    def hook_env(self) -> dict[str, str]:
+        """The environment hooks run in: a nested crcache sees our world."""
+        env = dict(os.environ)
+        env[paths.CONFIG_PATH_ENV] = ':'.join(self.config.roots)
+        env['XDG_CACHE_HOME'] = os.path.dirname(paths.cache_dir())
+        return env
+
+    def _run_hooks(self, inst: store_base.Instance, kind: str) -> None:
+        definition = self.config.definitions.get(inst.source)
+        scripts = hooks.scripts(definition and definition.directory, kind)
+        if not scripts:
+            return
+
+        def started(pid: int) -> None:
+            with self._lock:
+                self._hook_pids.add(pid)
+            op = dict(invocation.identity(),
+                      hook=invocation.identity(pid))
+            with self.store.transaction() as tx:
+                if tx.get(inst.name) is not None:
+                    tx.update(inst.name, op=op)
+
+        try:
+            hooks.run(scripts, instance=inst.name, source=inst.source,
+                      env=self.hook_env(), started=started)
+        finally:
+            with self._lock:
+                self._hook_pids.clear()
+
+    def _provision_leaf(self, claim: _Claim) -> None:
+        inst = claim.instance
+        source = self.config.source(inst.source)
+        refs = self._call(source, 'provisioning', source.provision,
+                          [inst.name])
+        if inst.name not in refs:
+            raise exceptions.SourceError(
+                source.name, f'provisioning returned no reference for '
+                f'{inst.name}')
+        inst.ref = refs[inst.name]
+        with self.store.transaction() as tx:
+            tx.update(inst.name, ref=inst.ref)
+        self._run_hooks(inst, hooks.PROVISION)
+        inst.concurrency = (
+            source.configured_concurrency
+            or self._call(source, 'probing concurrency', source.concurrency,
+                          inst.ref))
+
+    def _provision(self, claims: list[_Claim], final_state: str = IN_USE,
+                   report: bool = False) -> None:
+        """Make every new instance of ``claims`` and mark them usable."""
+        new = [c for top in claims for c in top.walk() if not c.reused]
+        if not new:
+            return
+        leaves = [c for c in new if isinstance(
+            self.config.source(c.instance.source), base.BackendSource)]
+        timer = None
+        if report:
+            self.progress(f'provisioning {_plural(len(leaves), "instance")}'
+                          f': {", ".join(c.instance.name for c in leaves)}')
+        elif leaves:
+            timer = threading.Timer(1.0, self.progress, [
+                'provisioning '
+                + ', '.join(c.instance.name for c in leaves) + '...'])
+            timer.daemon = True
+            timer.start()
+        try:
+            self._in_parallel(self._provision_leaf, leaves, report)
+            # Wrappers follow their children (listed after them): their
+            # own provision.d runs once the wrapped instance is ready.
+            for claim in reversed(new):
+                if claim.child is None:
+                    continue
                 source = self.config.source(claim.instance.source)
+                self._run_hooks(claim.instance, hooks.PROVISION)
                 claim.instance.concurrency = (
                     source.configured_concurrency
                     or claim.child.instance.concurrency)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        tops = {id(c) for c in claims}
         with self.store.transaction() as tx:
             for claim in new:
-                tx.update(claim.instance.name, state=IN_USE,
-                          concurrency=claim.instance.concurrency)
+                top = id(claim) in tops
+                tx.update(claim.instance.name,
+                          state=final_state if top else IN_USE,
+                          concurrency=claim.instance.concurrency, op=None,
+                          **({'holder': None} if final_state == CACHED
+                             and top else {}))
+
+    def _in_parallel(self, work: Callable[[_Claim], None],
+                     claims: list[_Claim], report: bool) -> None:
+        """Run ``work`` on each claim in threads; raise the first error."""
+        if len(claims) <= 1:
+            for claim in claims:
+                work(claim)
+            return
+        pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=min(PARALLEL, len(claims)))
+        futures = {pool.submit(work, c): c for c in claims}
+        try:
+            done = 0
+            first_error: BaseException | None = None
+            for future in concurrent.futures.as_completed(futures):
+                error = future.exception()
+                if error is not None and first_error is None:
+                    first_error = error
+                done += 1
+                if report and error is None:
+                    self.progress(f'{futures[future].instance.name} ready '
+                                  f'({done}/{len(claims)})')
+            if first_error is not None:
+                raise first_error
+        except BaseException:
+            # Interrupted: stop running hooks so the threads finish.
+            with self._lock:
+                for pid in self._hook_pids:
+                    hooks.kill(pid)
+            raise
+        finally:
+            pool.shutdown(wait=True)
 
     @staticmethod
     def _call(source: base.Source, action: str, func: Any,
@@ -331,26 +567,68 @@ class Cache:
         for top in claims:
             for claim in top.walk():
                 inst = claim.instance
-                if claim.reused:
-                    with self.store.transaction() as tx:
-                        if tx.get(inst.name) is not None:
-                            tx.update(inst.name, state=CACHED, holder=None,
-                                      parent=None)
-                    continue
                 with self.store.transaction() as tx:
                     current = tx.get(inst.name)
                     if current is None:
                         continue
-                    tx.update(inst.name, state=DISCARDING)
-                source = self.config.source(inst.source)
-                if isinstance(source, base.BackendSource):
-                    try:
-                        source.discard({inst.name: inst.ref or {}})
-                    except Exception:
-                        # Left 'discarding' for a later pass to retry.
+                    if claim.reused:
+                        tx.update(inst.name, state=CACHED, holder=None,
+                                  parent=None, lease_expires=None)
                         continue
-                with self.store.transaction() as tx:
-                    tx.delete(inst.name)
+                    tx.update(inst.name, state=DISCARDING,
+                              op=invocation.identity())
+                    inst = current
+                try:
+                    self._discard(inst, force=True, children=False)
+                except exceptions.CrcacheError as err:
+                    # Left 'discarding' for crcache gc to retry.
+                    LOG.warning('%s', err)
+
+    # -- filling the reserve -----------------------------------------------
+
+    def fill(self, names: Iterable[str] | None = None
+             ) -> list[store_base.Instance]:
+        """Provision instances until each source has its ``reserve``.
+
+        New instances are cached, ready for the next acquire. Sources
+        already at their reserve (or their maximum) get nothing. Returns
+        the instances made; failures are reported together at the end,
+        after every other instance was tried.
+        """
+        names = list(names) if names else [
+            n for n in self.config.names() if self.config.source(n).reserve]
+        sources = [self.config.source(n) for n in names]
+        claims: list[_Claim] = []
+        with self.store.transaction() as tx:
+            for source in sources:
+                need = source.reserve - tx.count(source.name, STAYING)
+                for _ in range(max(0, need)):
+                    claim = self._claim_new(tx, source, None, None)
+                    if claim is None:
+                        break
+                    claims.append(claim)
+        if not claims:
+            self.progress('every source already has its reserve')
+            return []
+        failures: list[tuple[str, BaseException]] = []
+
+        def one(claim: _Claim) -> None:
+            try:
+                self._provision([claim], final_state=CACHED)
+            except BaseException as err:
+                self._undo([claim])
+                failures.append((claim.instance.name, err))
+                if not isinstance(err, Exception):
+                    raise
+
+        self.progress(f'provisioning {_plural(len(claims), "instance")}: '
+                      + ', '.join(c.instance.name for c in claims))
+        self._in_parallel(one, claims, report=True)
+        if failures:
+            raise exceptions.PartialFailure('provision', len(claims),
+                                            failures)
+        with self.store.reading() as tx:
+            return [tx.get(c.instance.name) for c in claims]
 
     # -- release -----------------------------------------------------------
 
@@ -384,8 +662,7 @@ class Cache:
             return False
         reserve = self.config.source(inst.source).reserve
         # Instances already being discarded are on their way out.
-        staying = tx.count(inst.source, [PROVISIONING, IN_USE, CACHED])
-        return staying <= reserve
+        return tx.count(inst.source, STAYING) <= reserve
 
     def _release_one(self, name: str) -> None:
         with self.store.transaction() as tx:
@@ -400,25 +677,44 @@ class Cache:
                     f"'{inst.parent}'; release '{inst.parent}' instead")
             keep = self._keep(tx, inst)
             tx.update(name, state=CACHED if keep else DISCARDING,
-                      holder=None, lease_expires=None)
+                      holder=None, lease_expires=None,
+                      op=None if keep else invocation.identity())
         if not keep:
             self._discard(inst)
 
-    def _discard(self, inst: store_base.Instance) -> None:
-        """Destroy an instance already marked ``discarding``."""
+    def _discard(self, inst: store_base.Instance, force: bool = False,
+                 children: bool = True) -> None:
+        """Destroy an instance already marked ``discarding``.
+
+        discard.d runs first (a failure is reported, not fatal). A pool
+        instance hands its child back to the child's source, which keeps
+        or discards it by its own reserve; with ``force`` (the state of
+        the whole is unknown) the child is discarded too. ``children``
+        False leaves the child to whoever else is handling it.
+        """
+        try:
+            self._run_hooks(inst, hooks.DISCARD)
+        except hooks.HookError as err:
+            LOG.warning('%s (discarding it anyway)', err)
         if inst.child:
             with self.store.transaction() as tx:
                 child = tx.get(inst.child)
+                mine = (children and child is not None
+                        and child.parent == inst.name)
                 keep_child = False
-                if child is not None and child.parent == inst.name:
-                    keep_child = self._keep(tx, child)
+                if mine:
+                    keep_child = (not force and child.state == IN_USE
+                                  and self._keep(tx, child))
                     tx.update(child.name,
                               state=CACHED if keep_child else DISCARDING,
-                              parent=None)
+                              parent=None,
+                              op=None if keep_child
+                              else invocation.identity())
+                elif child is not None and child.parent == inst.name:
+                    tx.update(child.name, parent=None)
                 tx.delete(inst.name)
-            if child is not None and child.parent == inst.name \
-                    and not keep_child:
-                self._discard(child)
+            if mine and not keep_child:
+                self._discard(child, force=force)
             return
         if inst.source not in self.config.definitions:
             raise exceptions.SourceError(
@@ -438,11 +734,15 @@ class Cache:
         """Return the backend instance that does the work for ``name``.
 
         Pool instances are followed down to the instance they wrap. Only
-        acquired (in-use) instances can be used.
+        acquired (in-use) instances can be used, except by the hook
+        scripts of the instance being provisioned or discarded.
         """
         with self.store.reading() as tx:
             inst = self._lookup(tx, name)
-            if inst.state != IN_USE:
+            hook_of_it = os.environ.get('CRCACHE_INSTANCE') == name
+            usable = (inst.state == IN_USE or hook_of_it
+                      and inst.state in (PROVISIONING, DISCARDING))
+            if not usable:
                 raise exceptions.InstanceStateError(
                     f"instance '{name}' is not acquired (it is "
                     f"{inst.state}); acquire one with 'crcache acquire -s "
@@ -489,6 +789,26 @@ class Cache:
             leaf, source = self.resolve(dst_name)
             self._call(source, f'copying to {dst_name}', source.copy_in,
                        leaf.ref or {}, src_path, dst_path, recursive)
+
+    def place_files(self, name: str, files: Iterable[str]) -> None:
+        """Make local files exist at the same absolute paths on an instance.
+
+        For test runners whose command names a local file (testr's
+        ``$FILES``). Instances of this machine need nothing.
+        """
+        leaf, source = self.resolve(name)
+        from crcache.sources import local
+        if isinstance(source, local.LocalSource):
+            return
+        for path in files:
+            path = os.path.abspath(path)
+            if not os.path.isfile(path):
+                raise exceptions.CopyError(f'--files {path}: not a file')
+            parent = os.path.dirname(path)
+            self._call(source, f'placing {path} on {name}', source.capture,
+                       leaf.ref or {}, ['mkdir', '-p', '--', parent])
+            self._call(source, f'placing {path} on {name}', source.copy_in,
+                       leaf.ref or {}, path, path, False)
 
     def _copy_between(self, src_name: str, src_path: str, dst_name: str,
                       dst_path: str, recursive: bool) -> None:

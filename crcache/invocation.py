@@ -1,16 +1,22 @@
-"""Who is running this crcache command.
+"""Who is running this crcache command, and whether a recorded one lives.
 
-Run directly, that is this process. Run through the agent, the worker
-process is a fork of the agent, and the process the user (or a test
-runner) started is the agent's client: the agent records the client's pid,
-parent pid and command line here so that holders are reported as the user
-sees them.
+Run directly, the user's process and the one doing the work are the same.
+Run through the agent, the worker is a fork of the agent and the process
+the user (or a test runner) started is the agent's client: the agent
+records the client's pid, parent pid and command line here so that
+holders are reported as the user sees them, while the worker's own
+identity says who is doing the work (and may have died doing it).
+
+A process is identified by its host, pid and start time, so a pid reused
+after a crash is not mistaken for the original.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
+from typing import Any
 
 _client: tuple[int, int, list[str]] | None = None
 
@@ -34,3 +40,48 @@ def ppid() -> int:
 def argv() -> list[str]:
     """That process's command line."""
     return list(_client[2]) if _client else list(sys.argv)
+
+
+def start_time(process: int) -> int | None:
+    """The start time of a process (clock ticks since boot), if known."""
+    try:
+        with open(f'/proc/{process}/stat', 'rb') as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: split after it.
+    fields = stat[stat.rindex(b')') + 2:].split()
+    if fields[0] == b'Z':
+        return None  # a zombie has finished
+    return int(fields[19])
+
+
+def identity(process: int | None = None) -> dict[str, Any]:
+    """host, pid and start time of a process (default: this one)."""
+    process = os.getpid() if process is None else process
+    return {'host': socket.gethostname(), 'pid': process,
+            'start': start_time(process)}
+
+
+def alive(record: dict[str, Any] | None) -> bool | None:
+    """Whether the identified process still runs; None if unknowable.
+
+    Only processes of this host can be checked.
+    """
+    if not record or record.get('host') != socket.gethostname():
+        return None
+    process = record.get('pid')
+    if not isinstance(process, int):
+        return None
+    if os.path.exists('/proc/self/stat'):
+        now = start_time(process)
+        if now is None:
+            return False
+        return record.get('start') in (None, now)
+    try:
+        os.kill(process, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -7,7 +7,38 @@ own keys through its module's ``list_opts``.
 
 from __future__ import annotations
 
+import re
+
 from oslo_config import cfg
+from oslo_config import types
+
+_DURATION = re.compile(r'^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$')
+_UNIT = {'': 1, 's': 1, 'm': 60, 'h': 3600, 'd': 86400}
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds in ``90``, ``90s``, ``15m``, ``2h`` or ``1d``."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(
+            f'{text!r} is not a duration (like 90, 90s, 15m, 2h or 1d)')
+    return float(match.group(1)) * _UNIT[match.group(2)]
+
+
+class Duration(types.ConfigType):
+    """An oslo.config type: a duration, read as seconds."""
+
+    def __init__(self) -> None:
+        super().__init__(type_name='duration value')
+
+    def __call__(self, value: str | float) -> float:
+        return parse_duration(value)
+
+    def _formatter(self, value: float) -> str:
+        return f'{value:g}'
+
 
 COMMON_OPTS = [
     cfg.StrOpt(
@@ -37,6 +68,33 @@ COMMON_OPTS = [
         min=0,
         help='The number of parallel jobs each instance of this source can '
              'take. 0 probes the instance (its CPU count).'),
+    cfg.Opt(
+        'max_idle',
+        type=Duration(),
+        default=0,
+        help='Discard cached instances left unused longer than this (a '
+             'duration: 90, 90s, 15m, 2h or 1d), at the next gc pass '
+             '(crcache gc, or the start of an acquire). 0 keeps them '
+             'forever.'),
+    cfg.Opt(
+        'lease',
+        type=Duration(),
+        default=0,
+        help='How long an acquired instance may be held before crcache '
+             'gc may reclaim it (discarding it: its state is unknown), '
+             'unless acquire --lease says otherwise. 0 is forever.'),
+    cfg.BoolOpt(
+        'verify_cached',
+        default=True,
+        help='Before handing out a cached instance, check that it still '
+             'answers (runs true); a dead one is discarded and replaced.'),
+    cfg.Opt(
+        'provision_timeout',
+        type=Duration(),
+        default=3600,
+        help='An instance still provisioning after this long (a duration) '
+             'is taken to be abandoned and is discarded by crcache gc, '
+             'whether or not the process that started it still runs.'),
 ]
 
 

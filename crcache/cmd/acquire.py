@@ -19,6 +19,15 @@ def positive(text: str) -> int:
     return value
 
 
+def duration(text: str) -> float:
+    """argparse type: a duration (90, 90s, 15m, 2h, 1d) in seconds."""
+    from crcache import opts
+    try:
+        return opts.parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err))
+
+
 class Acquire(base.Lister):
     """Check instances out of a source and print their names.
 
@@ -27,7 +36,9 @@ class Acquire(base.Lister):
     source and concurrency. Cached instances are handed out before new
     ones are made. Either every instance asked for is acquired or none is:
     when the source cannot supply them all, the error names its maximum
-    and how many instances it already has.
+    and how many instances it already has (or use --wait). Before it
+    starts, acquire collects garbage left by interrupted commands (see
+    crcache gc).
     """
 
     @property
@@ -43,12 +54,25 @@ class Acquire(base.Lister):
         parser.add_argument(
             '-n', '--count', type=positive, default=1, metavar='N',
             help='How many instances to acquire (default 1).')
+        parser.add_argument(
+            '--wait', nargs='?', const=0.0, default=None, type=duration,
+            metavar='SECONDS',
+            help='When the source has no room, wait for it (first come, '
+                 'first served) instead of failing: for ever, or at most '
+                 'SECONDS (a duration: 90, 90s, 15m, 2h).')
+        parser.add_argument(
+            '--lease', type=duration, default=None, metavar='DURATION',
+            help='Let crcache gc reclaim the instances once DURATION (90, '
+                 '90s, 15m, 2h, 1d) has passed without a release (default: '
+                 'the source\'s lease key; 0 for never).')
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace
                     ) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         source = self.default_source(parsed_args.source)
-        instances = self.cache.acquire(source, parsed_args.count)
+        instances = self.cache.acquire(source, parsed_args.count,
+                                       wait=parsed_args.wait,
+                                       lease=parsed_args.lease)
         if parsed_args.formatter == 'value' and not parsed_args.columns:
             return ('name',), [(i.name,) for i in instances]
         return ('name', 'source', 'concurrency'), [

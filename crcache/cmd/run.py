@@ -48,6 +48,12 @@ class Run(base.Command):
             '-s', '--instance', metavar='INSTANCE', dest='instance',
             help='The instance to run on (instead of the first word).')
         parser.add_argument(
+            '--files', action='append', default=[], metavar='PATH',
+            help='First make this local file exist at the same absolute '
+                 'path on the instance (for test runners whose command '
+                 'names a local file, like testr\'s $FILES; write '
+                 '--files=$FILES so an empty value is ignored). Repeatable.')
+        parser.add_argument(
             'command', nargs=argparse.REMAINDER,
             metavar='[INSTANCE] [--] COMMAND',
             help='The instance (unless -s is given), then the command and '
@@ -58,6 +64,9 @@ class Run(base.Command):
         try:
             instance, argv = split_command(parsed_args.instance,
                                            parsed_args.command)
+            files = [f for f in parsed_args.files if f.strip()]
+            if files:
+                self.cache.place_files(instance, files)
             return self.cache.run(instance, argv)
         except exceptions.CrcacheError as err:
             if self.app.options.debug:

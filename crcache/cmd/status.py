@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from typing import Any
 
@@ -11,21 +12,35 @@ from crcache.cmd import base
 
 COLUMNS = ('source', 'cached', 'in-use', 'max')
 INSTANCE_COLUMNS = ('name', 'source', 'state', 'concurrency', 'held-by',
-                    'since')
+                    'pid', 'ppid', 'since', 'lease-expires', 'command')
 QUERIES = ('cached', 'in-use', 'max', 'available')
 
 
-def _holder_text(inst: Any) -> str | None:
-    if inst.parent:
-        return inst.parent
-    holder = inst.holder
-    if not holder:
+def _stamp(when: float | None) -> str | None:
+    if not when:
         return None
-    return f"{holder.get('user')}@{holder.get('host')} pid {holder.get('pid')}"
+    return time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(when))
 
 
-def _since_text(inst: Any) -> str:
-    return time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(inst.updated))
+def instance_row(inst: Any) -> tuple[Any, ...]:
+    """One instance as ``status -v`` shows it (see INSTANCE_COLUMNS).
+
+    held-by is the pool instance holding it, or user@host of the process
+    that acquired it, whose pid, parent pid and command line follow.
+    """
+    holder = inst.holder or {}
+    if inst.parent:
+        held_by = inst.parent
+    elif holder:
+        held_by = f"{holder.get('user')}@{holder.get('host')}"
+    else:
+        held_by = None
+    argv = holder.get('argv')
+    return (inst.name, inst.source, inst.state, inst.concurrency, held_by,
+            holder.get('pid'), holder.get('ppid'),
+            _stamp(holder.get('since') or inst.updated),
+            _stamp(inst.lease_expires),
+            shlex.join(argv) if argv else None)
 
 
 def query(statuses: list, what: str) -> str:
@@ -64,8 +79,10 @@ class Status(base.Lister):
         parser.add_argument(
             '-v', '--verbose', action='store_true',
             help='Also list every instance: its name, source, state, '
-                 'concurrency and holder. Machine formats (-f json ...) '
-                 'then list the instances only.')
+                 'concurrency, who holds it (user@host, pid, parent pid, '
+                 'since when, command line) and when its lease expires. '
+                 'Machine formats (-f json ...) then list the instances '
+                 'only.')
         parser.add_argument(
             '-a', '--all', action='store_true', dest='all_definitions',
             help='Also list source definitions shadowed by an earlier '
@@ -95,9 +112,7 @@ class Status(base.Lister):
             self._summary = self._source_rows(statuses, parsed_args)
             names = [s.name for s in statuses]
             return INSTANCE_COLUMNS, [
-                (i.name, i.source, i.state, i.concurrency, _holder_text(i),
-                 _since_text(i))
-                for i in self.cache.instances(names)]
+                instance_row(i) for i in self.cache.instances(names)]
         return self._source_rows(statuses, parsed_args)
 
     def _source_rows(self, statuses: list, parsed_args: argparse.Namespace

@@ -131,6 +131,38 @@ class BackendSource(Source):
                 self.name, f'could not read the CPU count (exit {status}): '
                 f'{err.decode(errors="replace").strip()[-200:]}')
 
+    def is_alive(self, ref: Ref, timeout: float = 10.0) -> bool:
+        """Whether the resource still answers; checked before reuse.
+
+        The default runs ``true`` and waits at most ``timeout`` seconds.
+        """
+        result: list[int] = []
+
+        def probe() -> None:
+            try:
+                result.append(self.capture(ref, ['true'])[0])
+            except Exception:
+                result.append(-1)
+
+        thread = threading.Thread(target=probe, daemon=True)
+        thread.start()
+        thread.join(timeout)
+        return result == [0]
+
+    def list_owned(self, store_id: str) -> dict[str, str | None] | None:
+        """Backend resources labelled as this store's, if it can tell.
+
+        Returns ``{resource id: crcache instance name}``, or None when the
+        backend has no way to find them (so leaks cannot be looked for).
+        """
+        return None
+
+    def destroy_owned(self, resource_id: str) -> None:
+        """Destroy a resource found by :meth:`list_owned` (a leak)."""
+        raise NotImplementedError(
+            f'{type(self).__name__} cannot list resources, so it has no '
+            'leaks to destroy')
+
     def copy_in(self, ref: Ref, src: str, dst: str, recursive: bool) -> None:
         """Copy local ``src`` to ``dst`` on the resource (like ``cp -p``).
 

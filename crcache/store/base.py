@@ -31,7 +31,9 @@ class Instance:
     ``child`` names the instance a layered (pool) instance wraps;
     ``parent`` names the pool instance that holds this one. ``ref`` is the
     backend's reference, recorded as soon as the backend returns it.
-    ``holder`` describes the process that acquired it.
+    ``holder`` describes the process that acquired it; ``op`` the
+    process (and hook) working on it while it is provisioning or being
+    discarded, so that work abandoned by a crash can be recognised.
     """
 
     name: str
@@ -46,6 +48,18 @@ class Instance:
     lease_expires: float | None = None
     created: float = 0.0
     updated: float = 0.0
+    op: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass
+class Waiter:
+    """A process waiting for a source to have room (acquire --wait)."""
+
+    id: int
+    source: str
+    count: int
+    process: dict[str, Any]
+    created: float
 
 
 class Transaction(abc.ABC):
@@ -81,12 +95,27 @@ class Transaction(abc.ABC):
     def delete(self, name: str) -> None:
         """Forget an instance (it is gone)."""
 
+    @abc.abstractmethod
+    def add_waiter(self, source: str, count: int,
+                   process: dict[str, Any]) -> int:
+        """Queue a waiter; return its ticket (tickets only increase)."""
+
+    @abc.abstractmethod
+    def waiters(self, source: str) -> list[Waiter]:
+        """A source's waiters, first come first."""
+
+    @abc.abstractmethod
+    def remove_waiter(self, ticket: int) -> None:
+        """Take a waiter out of the queue."""
+
 
 class Store(abc.ABC):
     """A place that keeps instances between crcache invocations."""
 
     #: Where the store lives, for messages.
     location: str = ''
+    #: A name unique to this store, for labelling backend resources.
+    store_id: str = ''
 
     @abc.abstractmethod
     def transaction(self, write: bool = True

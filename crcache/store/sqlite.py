@@ -14,7 +14,9 @@ import json
 import os
 import random
 import sqlite3
+import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -22,8 +24,9 @@ from crcache import exceptions
 from crcache import paths
 from crcache.store import base
 
-SCHEMA_VERSION = 1
-_SCHEMA = '''
+SCHEMA_VERSION = 2
+# Each version's statements, applied in order to bring a store up to date.
+_MIGRATIONS = {1: '''
 CREATE TABLE IF NOT EXISTS sources (
     name TEXT PRIMARY KEY,
     next_seq INTEGER NOT NULL
@@ -44,10 +47,23 @@ CREATE TABLE IF NOT EXISTS instances (
 );
 CREATE INDEX IF NOT EXISTS instances_by_source
     ON instances (source, state, seq);
-'''
+''', 2: '''
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+ALTER TABLE instances ADD COLUMN op TEXT;
+CREATE TABLE IF NOT EXISTS waiters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    process TEXT NOT NULL,
+    created REAL NOT NULL
+);
+'''}
 _COLUMNS = ('name', 'source', 'seq', 'state', 'ref', 'concurrency', 'child',
-            'parent', 'holder', 'lease_expires', 'created', 'updated')
-_JSON_COLUMNS = frozenset(('ref', 'holder'))
+            'parent', 'holder', 'lease_expires', 'created', 'updated', 'op')
+_JSON_COLUMNS = frozenset(('ref', 'holder', 'op'))
 #: Give up on a store that stays locked this long (seconds).
 LOCK_DEADLINE = 60.0
 
@@ -139,12 +155,31 @@ class SQLiteTransaction(base.Transaction):
     def delete(self, name: str) -> None:
         self._conn.execute('DELETE FROM instances WHERE name = ?', (name,))
 
+    def add_waiter(self, source: str, count: int,
+                   process: dict[str, Any]) -> int:
+        cur = self._conn.execute(
+            'INSERT INTO waiters (source, count, process, created) '
+            'VALUES (?, ?, ?, ?)',
+            (source, count, json.dumps(process), time.time()))
+        return cur.lastrowid
+
+    def waiters(self, source: str) -> list[base.Waiter]:
+        rows = self._conn.execute(
+            'SELECT id, source, count, process, created FROM waiters '
+            'WHERE source = ? ORDER BY id', (source,))
+        return [base.Waiter(r[0], r[1], r[2], json.loads(r[3]), r[4])
+                for r in rows]
+
+    def remove_waiter(self, ticket: int) -> None:
+        self._conn.execute('DELETE FROM waiters WHERE id = ?', (ticket,))
+
 
 class SQLiteStore(base.Store):
     """State kept in a private SQLite database file."""
 
     def __init__(self, path: str) -> None:
         self.location = path
+        self._thread_lock = threading.Lock()
         try:
             paths.ensure_private_dir(os.path.dirname(path))
             # Create the file ourselves so it is never world-readable, not
@@ -166,25 +201,34 @@ class SQLiteStore(base.Store):
     def _ensure_schema(self) -> None:
         version = self._retry(
             lambda: self._conn.execute('PRAGMA user_version').fetchone()[0])
-        if version == SCHEMA_VERSION:
-            return
         if version > SCHEMA_VERSION:
             raise exceptions.StoreError(
                 f'the state store {self.location} was written by a newer '
                 f'crcache (schema {version}; this one knows '
                 f'{SCHEMA_VERSION})')
-        # journal_mode is persistent and cannot change inside a
-        # transaction; it needs a moment of exclusive access.
-        self._retry(lambda: self._conn.execute('PRAGMA journal_mode=WAL'))
-        with self.transaction():
-            if self._conn.execute(
-                    'PRAGMA user_version').fetchone()[0] == 0:
-                # Statement by statement: executescript() would commit
-                # the transaction we are in.
-                for statement in _SCHEMA.split(';'):
-                    if statement.strip():
-                        self._conn.execute(statement)
-                self._conn.execute(f'PRAGMA user_version={SCHEMA_VERSION}')
+        if version < SCHEMA_VERSION:
+            if version == 0:
+                # journal_mode is persistent and cannot change inside a
+                # transaction; it needs a moment of exclusive access.
+                self._retry(
+                    lambda: self._conn.execute('PRAGMA journal_mode=WAL'))
+            with self.transaction():
+                current = self._conn.execute(
+                    'PRAGMA user_version').fetchone()[0]
+                for step in range(current + 1, SCHEMA_VERSION + 1):
+                    # Statement by statement: executescript() would
+                    # commit the transaction we are in.
+                    for statement in _MIGRATIONS[step].split(';'):
+                        if statement.strip():
+                            self._conn.execute(statement)
+                if current < SCHEMA_VERSION:
+                    self._conn.execute(
+                        f'PRAGMA user_version={SCHEMA_VERSION}')
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES "
+                    "('store_id', ?)", (uuid.uuid4().hex[:12],))
+        self.store_id = self._retry(lambda: self._conn.execute(
+            "SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0])
 
     def _retry(self, operation: Any) -> Any:
         deadline = time.monotonic() + LOCK_DEADLINE
@@ -204,20 +248,23 @@ class SQLiteStore(base.Store):
     def transaction(self, write: bool = True
                     ) -> Iterator[SQLiteTransaction]:
         conn = self._conn
-        self._retry(lambda: conn.execute(
-            'BEGIN IMMEDIATE' if write else 'BEGIN'))
-        try:
-            yield SQLiteTransaction(conn)
-        except BaseException:
-            conn.execute('ROLLBACK')
-            raise
-        else:
+        # One connection, one transaction at a time: threads of this
+        # process (parallel provisioning) take turns.
+        with self._thread_lock:
+            self._retry(lambda: conn.execute(
+                'BEGIN IMMEDIATE' if write else 'BEGIN'))
             try:
-                self._retry(lambda: conn.execute('COMMIT'))
+                yield SQLiteTransaction(conn)
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute('ROLLBACK')
+                conn.execute('ROLLBACK')
                 raise
+            else:
+                try:
+                    self._retry(lambda: conn.execute('COMMIT'))
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute('ROLLBACK')
+                    raise
 
     def close(self) -> None:
         self._conn.close()

@@ -206,7 +206,7 @@ class TestAcquire(CacheTestCase):
         self.assertEqual((CACHED, None, None), self.rows()['c-1'])
         self.assertEqual(['c-1', 'c-2'], self.acquire(c, 'c', 2))
         # Only the new instances were provisioned.
-        self.assertEqual([['c-0', 'c-1'], ['c-2']],
+        self.assertEqual([['c-0'], ['c-1'], ['c-2']],
                          c.config.source('c').provisioned)
         self.assertEqual({IN_USE}, {r[0] for r in self.rows().values()})
 
