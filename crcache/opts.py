@@ -56,12 +56,13 @@ COMMON_OPTS = [
              'avoids caching expensive resources without warning.'),
     cfg.IntOpt(
         'maximum',
-        default=0,
         min=0,
+        sample_default='0',
         help='Never have more than this many live instances of this source '
              '(provisioning, in use, cached or being discarded). 0 means no '
-             'limit, except where the source type has a natural one (local '
-             'defaults to 1; a pool defaults to the sum of its sources).'),
+             'limit. Unset, it is 0 except where the source type has a '
+             'natural limit: local and ssh have 1 (the machine), a pool '
+             'the sum of its sources\' maxima.'),
     cfg.IntOpt(
         'concurrency',
         default=0,

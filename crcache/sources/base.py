@@ -36,7 +36,7 @@ class Source(abc.ABC):
 
     #: oslo.config options this type adds to the common ``source.conf`` keys.
     opts: ClassVar[list] = []
-    #: The ``maximum`` used when ``source.conf`` leaves it at 0.
+    #: The ``maximum`` used when ``source.conf`` leaves it unset.
     default_maximum: ClassVar[int] = 0
 
     def __init__(self, name: str, conf: Any,
@@ -52,8 +52,13 @@ class Source(abc.ABC):
 
     @property
     def maximum(self) -> int:
-        """The most live instances this source may have; 0 is no limit."""
-        return self.conf.maximum or self.default_maximum
+        """The most live instances this source may have; 0 is no limit.
+
+        ``maximum`` left unset takes the type's ``default_maximum``; set
+        to 0 it means no limit, whatever the type.
+        """
+        configured = self.conf.maximum
+        return self.default_maximum if configured is None else configured
 
     @property
     def configured_concurrency(self) -> int:

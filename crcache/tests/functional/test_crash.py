@@ -1,0 +1,172 @@
+"""Kill crcache at any moment: nothing leaks, nothing is lost.
+
+The "backend" of source ``m`` is a marker file per instance: provision.d
+creates it (then dawdles, widening the window for a kill mid-hook) and
+discard.d removes it (also slowly). Clients acquire from ``m`` or from a
+pool over it and are killed with SIGKILL at random moments: while
+claiming, while provisioning, inside a hook, while releasing and
+discarding. Then ``crcache gc`` must leave the store and the markers in
+agreement: every marker belongs to a live instance, every live instance
+has its marker, nothing is left half-made, and ``status`` counts are
+exact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+from crcache.tests.functional import base
+
+CLIENT = textwrap.dedent('''
+    import json, random, subprocess, sys, time
+    crcache, rounds, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    random.seed(seed)
+    quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                 stderr=subprocess.DEVNULL)
+    def debris():
+        # Rows a killed process left half-way (visible until a gc).
+        out = subprocess.run([crcache, 'status', '-v', '-f', 'json'],
+                             text=True, **quiet).stdout
+        return sum(row['state'] in ('provisioning', 'discarding')
+                   for row in json.loads(out))
+    left = 0
+    for _ in range(rounds):
+        source = random.choice(['m', 'm', 'p'])
+        if random.random() < 0.6:
+            proc = subprocess.Popen([crcache, 'acquire', '-s', source],
+                                    **quiet)
+            time.sleep(random.uniform(0.01, 0.35))
+            proc.kill()
+            proc.wait()
+            left += debris()
+            continue
+        got = subprocess.run([crcache, 'acquire', '-s', source],
+                             text=True, **quiet)
+        if got.returncode:
+            continue
+        proc = subprocess.Popen([crcache, 'release', got.stdout.strip()],
+                                **quiet)
+        time.sleep(random.uniform(0.01, 0.25))
+        proc.kill()
+        proc.wait()
+        left += debris()
+    print(left)
+''')
+
+
+class CrashTest(base.CLITestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.markers = os.path.join(self.home, 'markers')
+        os.mkdir(self.markers)
+        source_dir = os.path.dirname(self.write_source(
+            'm', type='local', maximum=0, reserve=2))
+        self._hook(source_dir, 'provision.d', f'''
+            touch {self.markers}/"$1"
+            sleep 0.$(( $$ % 3 ))5
+        ''')
+        self._hook(source_dir, 'discard.d', f'''
+            sleep 0.1
+            rm -f {self.markers}/"$1"
+        ''')
+        self.write_source('p', type='pool', sources='m', reserve=1)
+
+    def _hook(self, source_dir: str, kind: str, body: str) -> None:
+        directory = os.path.join(source_dir, kind)
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, '50-marker')
+        with open(path, 'w') as f:
+            f.write('#!/bin/sh\nset -e\n' + textwrap.dedent(body))
+        os.chmod(path, 0o755)
+
+    def _clients(self, count: int, rounds: int) -> None:
+        self.crcache('status')  # start the agent before the timing starts
+        time.sleep(1)
+        procs = [subprocess.Popen(
+            [sys.executable, '-c', CLIENT, base.CRCACHE, str(rounds),
+             str(1000 + i)], env=self.env, cwd=self.project,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+            for i in range(count)]
+        debris = 0
+        for proc in procs:
+            out, err = proc.communicate(timeout=300)
+            self.assertEqual(0, proc.returncode, err)
+            debris += int(out)
+        # The kills did land mid-work, or this test proves nothing.
+        self.assertGreater(debris, 0)
+
+    def _instances(self) -> dict[str, dict]:
+        rows = json.loads(self.crcache('status', '-v', '-f', 'json').stdout)
+        return {row['name']: row for row in rows}
+
+    def _hooks_running(self) -> list[str]:
+        out = subprocess.run(['pgrep', '-f', f'{self.config_root}/sources'],
+                             capture_output=True, text=True).stdout
+        return out.split()
+
+    def _check_consistent(self) -> None:
+        # Orphaned hooks die with the process that ran them.
+        deadline = time.monotonic() + 10
+        while self._hooks_running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual([], self._hooks_running())
+        gc = json.loads(self.crcache('gc', '-f', 'json').stdout)
+        failed = [a for a in gc if a['action'] == 'failed']
+        self.assertEqual([], failed)
+        instances = self._instances()
+        states = {row['state'] for row in instances.values()}
+        self.assertLessEqual(states, {'in-use', 'cached'}, instances)
+        leaves = {name for name, row in instances.items()
+                  if row['source'] == 'm'}
+        # Every resource belongs to a live instance, and every live
+        # instance still has its resource.
+        self.assertEqual(leaves, set(os.listdir(self.markers)))
+        # Pool instances wrap live instances of m, one each.
+        wrapped = [row['held-by'] for name, row in instances.items()
+                   if row['source'] == 'm' and row['held-by'] in instances]
+        pools = {n for n, r in instances.items() if r['source'] == 'p'}
+        self.assertEqual(sorted(pools), sorted(wrapped))
+        # The counts agree with the instances listed.
+        status = self.status()
+        for source in ('m', 'p'):
+            rows = [r for r in instances.values() if r['source'] == source]
+            self.assertEqual(
+                {'cached': sum(r['state'] == 'cached' for r in rows),
+                 'in-use': sum(r['state'] == 'in-use' for r in rows)},
+                {k: status[source][k] for k in ('cached', 'in-use')})
+        # Whatever killed clients held is still usable and releasable.
+        held = [n for n, r in instances.items()
+                if r['state'] == 'in-use' and r['held-by'] not in instances]
+        if held:
+            self.crcache('release', *held)
+        status = self.status()
+        self.assertEqual(0, status['m']['in-use'] - status['p']['cached'])
+        self.assertEqual(0, status['p']['in-use'])
+        self.assertLessEqual(status['p']['cached'], 1)
+        self.assertEqual(
+            status['m']['cached'] + status['m']['in-use'],
+            len(os.listdir(self.markers)))
+
+    def test_one_client_killed_at_random_moments(self) -> None:
+        self._clients(1, 25)
+        self._check_consistent()
+
+    def test_eight_concurrent_clients_killed_at_random_moments(self) -> None:
+        self._clients(8, 6)
+        self._check_consistent()
+
+
+class CrashTestDirect(CrashTest):
+    """The same without the agent: the killed process is the worker."""
+
+    extra_env = {'CRCACHE_AGENT': '0'}
+
+    def test_eight_concurrent_clients_killed_at_random_moments(self) -> None:
+        self.skipTest('one concurrent run (through the agent) is enough')
