@@ -112,6 +112,12 @@ class _Claim:
             yield from self.child.walk()
 
 
+def _taken_over(inst: store_base.Instance) -> bool:
+    """Whether another process (crcache gc) is discarding the instance."""
+    return (inst.state == DISCARDING
+            and (inst.op or {}).get('pid') != os.getpid())
+
+
 def _plural(n: int, word: str) -> str:
     return f'{n} {word}' if n == 1 else f'{n} {word}s'
 
@@ -288,7 +294,8 @@ class Cache:
                     tx.remove_waiter(ticket)
 
     def _claim(self, tx: store_base.Transaction, source: base.Source,
-               count: int, holder: dict[str, Any]) -> list[_Claim]:
+               count: int, holder: dict[str, Any],
+               avoid: frozenset[str] = frozenset()) -> list[_Claim]:
         claims = []
         for inst in tx.instances(source.name, [CACHED])[:count]:
             tx.update(inst.name, state=IN_USE, holder=holder)
@@ -306,7 +313,8 @@ class Cache:
                 f'{live} live ({in_use} in use, '
                 f'{live - in_use} cached or changing state)')
         for _ in range(need):
-            claim = self._claim_new(tx, source, parent=None, holder=holder)
+            claim = self._claim_new(tx, source, parent=None, holder=holder,
+                                    avoid=avoid)
             if claim is None:
                 raise exceptions.CapacityError(
                     f"source '{source.name}' cannot supply "
@@ -340,8 +348,8 @@ class Cache:
         return f"its sources are exhausted ({'; '.join(details)})"
 
     def _claim_new(self, tx: store_base.Transaction, source: base.Source,
-                   parent: str | None,
-                   holder: dict[str, Any] | None) -> _Claim | None:
+                   parent: str | None, holder: dict[str, Any] | None,
+                   avoid: frozenset[str] = frozenset()) -> _Claim | None:
         """Create a provisioning row (and claim what it wraps), or None."""
         if not self._can_claim(tx, source):
             return None
@@ -353,14 +361,19 @@ class Cache:
         tx.add(inst)
         claim = _Claim(inst, reused=False)
         if isinstance(source, base.LayeredSource):
-            claim.child = self._claim_child(tx, source, inst.name)
+            claim.child = self._claim_child(tx, source, inst.name, avoid)
             inst.child = claim.child.instance.name
             tx.update(inst.name, child=inst.child)
         return claim
 
     def _claim_child(self, tx: store_base.Transaction,
-                     pool: base.LayeredSource, parent: str) -> _Claim:
+                     pool: base.LayeredSource, parent: str,
+                     avoid: frozenset[str] = frozenset()) -> _Claim:
+        """Claim what a new pool instance wraps: a cached instance of one
+        of its sources (in order), else a new one. Sources in ``avoid``
+        (just found dead) are tried last."""
         children = [self.config.source(name) for name in pool.children]
+        children.sort(key=lambda child: child.name in avoid)
         for child in children:
             cached = tx.instances(child.name, [CACHED])
             if cached:
@@ -390,12 +403,17 @@ class Cache:
         return leaf
 
     def _verified(self, claim: _Claim, holder: dict[str, Any] | None,
-                  parent: str | None = None) -> _Claim:
-        """Return the claim, or a replacement if a reused one is dead."""
+                  parent: str | None = None,
+                  avoid: frozenset[str] = frozenset()) -> _Claim:
+        """Return the claim, or a replacement if a reused one is dead.
+
+        A replacement is drawn preferring other sources than the dead
+        instance's (in a pool), which may well be dead as a whole.
+        """
         if not claim.reused:
             if claim.child is not None:
                 claim.child = self._verified(claim.child, None,
-                                             claim.instance.name)
+                                             claim.instance.name, avoid)
             return claim
         leaf = self._leaf(claim.instance)
         source = self.config.source(leaf.source)
@@ -410,14 +428,15 @@ class Cache:
                       op=invocation.identity())
         self._discard(claim.instance, force=True)
         owner = self.config.source(claim.instance.source)
+        avoid = avoid | {leaf.source}
         with self.store.transaction() as tx:
             if parent is None:
-                replacement = self._claim(tx, owner, 1, holder)[0]
+                replacement = self._claim(tx, owner, 1, holder, avoid)[0]
             else:
                 pool = self.config.source(self._source_of(tx, parent))
-                replacement = self._claim_child(tx, pool, parent)
+                replacement = self._claim_child(tx, pool, parent, avoid)
                 tx.update(parent, child=replacement.instance.name)
-        return self._verified(replacement, holder, parent)
+        return self._verified(replacement, holder, parent, avoid)
 
     @staticmethod
     def _source_of(tx: store_base.Transaction, name: str) -> str:
@@ -511,6 +530,13 @@ class Cache:
         tops = {id(c) for c in claims}
         with self.store.transaction() as tx:
             for claim in new:
+                current = tx.get(claim.instance.name)
+                if current is None or _taken_over(current):
+                    raise exceptions.SourceError(
+                        claim.instance.source, f'{claim.instance.name} was '
+                        'reclaimed while it was provisioning (it took '
+                        'longer than provision_timeout)')
+            for claim in new:
                 top = id(claim) in tops
                 tx.update(claim.instance.name,
                           state=final_state if top else IN_USE,
@@ -569,7 +595,7 @@ class Cache:
                 inst = claim.instance
                 with self.store.transaction() as tx:
                     current = tx.get(inst.name)
-                    if current is None:
+                    if current is None or _taken_over(current):
                         continue
                     if claim.reused:
                         tx.update(inst.name, state=CACHED, holder=None,

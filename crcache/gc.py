@@ -110,10 +110,9 @@ def collect(cache: object, leaks: bool = False,
             continue  # someone else got to it first
         force = inst.state != CACHED
         try:
-            if inst.op and inst.op.get('hook'):
-                hook = inst.op['hook']
-                if invocation.alive(hook):
-                    hooks.kill(hook['pid'])
+            hook = (inst.op or {}).get('hook')
+            if invocation.session_may_live(hook):
+                hooks.kill(hook['pid'])
             cache._discard(taken, force=force)
         except exceptions.CrcacheError as err:
             actions.append(Action(inst.name, inst.source, 'failed',

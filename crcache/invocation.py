@@ -85,3 +85,19 @@ def alive(record: dict[str, Any] | None) -> bool | None:
     except PermissionError:
         return True
     return True
+
+
+def session_may_live(record: dict[str, Any] | None) -> bool:
+    """Whether the session a recorded process led may still have members.
+
+    Its leader may be gone (killed with the crcache that ran it) while
+    what it started runs on. A session id is not reused while any member
+    lives, so only a pid that now belongs to a different process proves
+    the session gone.
+    """
+    if not record or record.get('host') != socket.gethostname():
+        return False
+    process = record.get('pid')
+    if not isinstance(process, int):
+        return False
+    return start_time(process) in (None, record.get('start'))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 
+from crcache import cmdline
 from crcache import exceptions
 from crcache.cmd import base
 
@@ -28,6 +30,15 @@ def split_command(instance: str | None, words: list[str]
         if words[:1] == ['--']:
             words.pop(0)
     return instance, words
+
+
+def in_directory(directory: str, argv: list[str]) -> list[str]:
+    """The command line that runs ``argv`` in ``directory``."""
+    if not argv:
+        raise exceptions.CrcacheError(
+            '--cwd needs a command (an interactive shell starts in its '
+            'usual place)')
+    return [f'cd -- {shlex.quote(directory)} && {cmdline.join(argv)}']
 
 
 class Run(base.Command):
@@ -54,6 +65,12 @@ class Run(base.Command):
                  'names a local file, like testr\'s $FILES; write '
                  '--files=$FILES so an empty value is ignored). Repeatable.')
         parser.add_argument(
+            '--cwd', metavar='DIR',
+            help='Run the command in DIR on the instance (by default: the '
+                 'caller\'s directory on local instances, the home '
+                 'directory on remote ones). --cwd="$PWD" runs a project\'s '
+                 'command in the same place everywhere.')
+        parser.add_argument(
             'command', nargs=argparse.REMAINDER,
             metavar='[INSTANCE] [--] COMMAND',
             help='The instance (unless -s is given), then the command and '
@@ -67,6 +84,8 @@ class Run(base.Command):
             files = [f for f in parsed_args.files if f.strip()]
             if files:
                 self.cache.place_files(instance, files)
+            if parsed_args.cwd:
+                argv = in_directory(parsed_args.cwd, argv)
             return self.cache.run(instance, argv)
         except exceptions.CrcacheError as err:
             if self.app.options.debug:

@@ -53,6 +53,16 @@ class RunMixin:
                               env={'FOO': 'bar baz'}, cwd=subdir)
         self.assertEqual(f'bar baz\n{subdir}\n', result.stdout)
 
+    def test_cwd(self) -> None:
+        other = os.path.join(self.home, 'some dir')
+        os.mkdir(other)
+        result = self.crcache('run', '--cwd', other, self.name, '--', 'sh',
+                              '-c', 'pwd; echo "$1"', 'x', 'a b')
+        self.assertEqual(f'{other}\na b\n', result.stdout)
+        result = self.crcache('run', '--cwd', '/nonexistent', self.name,
+                              'true', expect=None)
+        self.assertNotEqual(0, result.returncode)
+
     def test_not_acquired(self) -> None:
         self.write_source('pool', type='pool', sources='local', reserve=1)
         self.crcache('release', self.name)
