@@ -41,6 +41,8 @@ PRELOAD = (
     'tempfile', 'shutil', 'threading', 'getpass', 'difflib',
     'crcache.sources.ssh', 'crcache.sshholder', 'crcache.sshconn',
     'paramiko', 'paramiko.config',
+    'crcache.sources.docker', 'crcache.dockerstream', 'docker',
+    'docker.errors', 'requests.exceptions',
 )
 
 

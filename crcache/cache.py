@@ -134,6 +134,10 @@ class Cache:
         self.config = config
         self.store = store
         self.progress = progress or (lambda message: None)
+        for name in config.names():
+            source = config.source(name)
+            if isinstance(source, base.BackendSource):
+                source.owner = store.store_id
         self._hook_pids: set[int] = set()
         self._lock = threading.Lock()
 

@@ -28,6 +28,7 @@ import stat
 import tarfile
 import tempfile
 import threading
+from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 from crcache import exceptions
@@ -203,6 +204,37 @@ def _owner_neutral(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
+def archive_stream(src: str, name: str, follow: bool) -> Iterator[bytes]:
+    """A tar archive of local ``src`` (its top member called ``name``),
+    produced while it is read, in chunks (for APIs that take archives,
+    such as Docker's). ``follow`` follows a link named as ``src``."""
+    r, w = os.pipe()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with os.fdopen(w, 'wb', buffering=1 << 20) as pipe:
+                with tarfile.open(fileobj=pipe, mode='w|',
+                                  format=tarfile.PAX_FORMAT) as tar:
+                    tar.dereference = follow
+                    tar.add(src, arcname=name, recursive=True,
+                            filter=_owner_neutral)
+        except BaseException as err:  # reported by the reader
+            failure.append(err)
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    with os.fdopen(r, 'rb') as pipe:
+        while chunk := pipe.read(1 << 20):
+            yield chunk
+    producer.join()
+    if failure:
+        err = failure[0]
+        raise exceptions.CopyError(
+            f'cannot read {getattr(err, "filename", None) or src}: '
+            f'{getattr(err, "strerror", None) or err}')
+
+
 def copy_in(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
             recursive: bool) -> None:
     """Copy local ``src`` to ``dst`` on the instance."""
@@ -268,24 +300,14 @@ def copy_out(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
     if kind == 'directory' and not recursive:
         raise exceptions.CopyError(
             f'{src}: is a directory (use -r to copy directories)')
-    dst_is_dir = os.path.isdir(dst)
-    if dst_is_dir:
-        into = dst
-        workdir = None
-    else:
-        parent = os.path.dirname(os.path.abspath(dst))
-        if not os.path.isdir(parent):
-            raise exceptions.CopyError(f'{parent}: no such directory')
-        workdir = tempfile.mkdtemp(prefix='.crcache-cp.', dir=parent)
-        into = workdir
     r, w = os.pipe()
     # Without -r a symbolic link named as SRC is followed, as cp does.
     script = _CREATE.format(src=shlex.quote(src),
                             follow='' if recursive else '-h ')
-    job = _Background(source, ref, script,
-                      stdin=os.open(os.devnull, os.O_RDONLY), stdout=w)
-    failure: BaseException | None = None
-    try:
+    with landing(dst, base) as into:
+        job = _Background(source, ref, script,
+                          stdin=os.open(os.devnull, os.O_RDONLY), stdout=w)
+        failure: BaseException | None = None
         with os.fdopen(r, 'rb', buffering=1 << 20) as pipe:
             try:
                 extract(pipe, into, base, recursive, src)
@@ -304,11 +326,32 @@ def copy_out(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
                 f'(exit {status}): {err_text or "no error output"}')
         if failure is not None:
             raise failure
-        if workdir is not None:
-            _move_into_place(os.path.join(workdir, base), dst)
+
+
+@contextlib.contextmanager
+def landing(dst: str, base: str, name: str | None = None
+            ) -> Iterator[str]:
+    """Where to extract an archive whose top member is ``base``.
+
+    The copy ends up inside ``dst`` if that is a directory, as ``dst``
+    otherwise, named ``name`` (default ``base``) inside a directory. A
+    copy that is renamed is extracted beside its target first and moved
+    into place only once complete; a failed one leaves nothing.
+    """
+    name = name or base
+    if os.path.isdir(dst) and name == base:
+        yield dst  # merges into an existing tree, as cp -r does
+        return
+    target = os.path.join(dst, name) if os.path.isdir(dst) else dst
+    parent = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(parent):
+        raise exceptions.CopyError(f'{parent}: no such directory')
+    workdir = tempfile.mkdtemp(prefix='.crcache-cp.', dir=parent)
+    try:
+        yield workdir
+        _move_into_place(os.path.join(workdir, base), target)
     finally:
-        if workdir is not None:
-            _remove_tree(workdir)
+        _remove_tree(workdir)
 
 
 def _move_into_place(path: str, dst: str) -> None:

@@ -97,6 +97,10 @@ class BackendSource(Source):
     between the caller's descriptors and the instance's command unchanged.
     """
 
+    #: A name unique to the state store, set by the cache, for backends
+    #: that label what they make so that leaks can be found later.
+    owner: str = ''
+
     @abc.abstractmethod
     def provision(self, names: list[str]) -> dict[str, Ref]:
         """Create one resource per crcache instance name.

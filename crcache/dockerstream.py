@@ -1,0 +1,147 @@
+"""The byte streams of a Docker exec, without the Docker SDK in the way.
+
+Starting an exec with its streams attached "hijacks" the HTTP connection:
+the engine answers ``101 UPGRADED`` and from then on the connection
+carries stdin one way and, without a tty, a multiplexed stdout/stderr the
+other (8-byte frame headers: stream number, three zero bytes, big-endian
+length). The SDK hands back its HTTP library's socket, whose buffer may
+already hold the first output bytes and which cannot be half-closed to
+send the end of stdin; so crcache opens this one connection itself,
+keeps whatever arrived with the response headers, and moves bytes
+between the connection and the caller's descriptors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import threading
+from urllib.parse import urlparse
+
+from crcache import exceptions
+
+CHUNK = 1 << 18
+
+
+def connect(docker_host: str, timeout: float) -> socket.socket:
+    """A raw connection to the engine at ``docker_host``."""
+    url = urlparse(docker_host)
+    if url.scheme in ('unix', ''):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(url.path or docker_host)
+        return sock
+    if url.scheme in ('tcp', 'http'):
+        sock = socket.create_connection((url.hostname, url.port or 2375),
+                                        timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise ValueError(f'cannot stream over {url.scheme}:// connections')
+
+
+def start(docker_host: str, api_version: str, exec_id: str, tty: bool,
+          timeout: float) -> tuple[socket.socket, bytes]:
+    """Start an exec; return the hijacked connection and bytes read early."""
+    sock = connect(docker_host, timeout)
+    body = json.dumps({'Detach': False, 'Tty': tty}).encode()
+    sock.sendall(
+        f'POST /v{api_version}/exec/{exec_id}/start HTTP/1.1\r\n'
+        'Host: docker\r\nContent-Type: application/json\r\n'
+        'Connection: Upgrade\r\nUpgrade: tcp\r\n'
+        f'Content-Length: {len(body)}\r\n\r\n'.encode() + body)
+    data = b''
+    while b'\r\n\r\n' not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise exceptions.CrcacheError(
+                'the Docker engine closed the connection starting an exec')
+        data += chunk
+    head, _, early = data.partition(b'\r\n\r\n')
+    status = head.split(b'\r\n', 1)[0].decode(errors='replace')
+    code = status.split(' ')[1] if ' ' in status else ''
+    if code not in ('101', '200'):
+        raise exceptions.CrcacheError(
+            f'the Docker engine refused to start the exec: {status}: '
+            f'{early.decode(errors="replace").strip()[:300]}')
+    sock.settimeout(None)
+    return sock, early
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class _Frames:
+    """Reads multiplexed frames (or raw bytes, with a tty) off a socket."""
+
+    def __init__(self, sock: socket.socket, early: bytes) -> None:
+        self.sock = sock
+        self.buffer = bytearray(early)
+
+    def _fill(self, size: int) -> bool:
+        while len(self.buffer) < size:
+            chunk = self.sock.recv(max(CHUNK, size - len(self.buffer)))
+            if not chunk:
+                return False
+            self.buffer.extend(chunk)
+        return True
+
+    def copy(self, stdout: int, stderr: int, tty: bool) -> None:
+        if tty:
+            if self.buffer:
+                _write_all(stdout, self.buffer)
+            while chunk := self.sock.recv(CHUNK):
+                _write_all(stdout, chunk)
+            return
+        targets = {1: stdout, 2: stderr}
+        while self._fill(8):
+            stream = self.buffer[0]
+            size = int.from_bytes(self.buffer[4:8], 'big')
+            del self.buffer[:8]
+            # Large frames are passed on as they arrive, not held whole.
+            while size:
+                if not self.buffer and not self._fill(1):
+                    return
+                piece = min(size, len(self.buffer))
+                target = targets.get(stream)
+                if target is not None:
+                    _write_all(target, memoryview(self.buffer)[:piece])
+                del self.buffer[:piece]
+                size -= piece
+
+
+def pump(sock: socket.socket, early: bytes, stdin: int, stdout: int,
+         stderr: int, tty: bool) -> None:
+    """Move bytes until the exec's output ends; stdin EOF is passed on."""
+    wake_r, wake_w = os.pipe()
+
+    def feed() -> None:
+        try:
+            while True:
+                ready, _, _ = select.select([stdin, wake_r], [], [])
+                if wake_r in ready:
+                    return
+                data = os.read(stdin, CHUNK)
+                if not data:
+                    sock.shutdown(socket.SHUT_WR)
+                    return
+                sock.sendall(data)
+        except OSError:
+            return
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        _Frames(sock, early).copy(stdout, stderr, tty)
+    except BrokenPipeError:
+        pass  # nobody reads our output any more
+    finally:
+        os.write(wake_w, b'x')
+        feeder.join(5)
+        os.close(wake_r)
+        os.close(wake_w)
+        sock.close()

@@ -1,0 +1,523 @@
+"""The ``docker`` source type: one container per instance.
+
+Each instance is a container made from ``image`` and kept running by a
+sleep loop; commands run in it through the exec API, files go in and out
+through the archive API. Containers are named after their instance (plus
+a short unique suffix) and labelled ``crcache.instance``,
+``crcache.source`` and ``crcache.store`` (this state store's id), so
+``crcache gc`` finds the ones a crash left behind, and only its own.
+
+Speaks the Docker Engine API with the Docker SDK for Python, which also
+reaches Podman's Docker-compatible socket. The SDK is imported only when
+a docker source is used; exec streams go over a connection of our own
+(:mod:`crcache.dockerstream`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import posixpath
+import re
+import threading
+import uuid
+from typing import Any
+
+from oslo_config import cfg
+
+from crcache import cmdline
+from crcache import exceptions
+from crcache import process
+from crcache.sources import base
+
+#: The Engine API version spoken: Docker 20.10 and later, Podman 3+.
+API_VERSION = '1.41'
+DEFAULT_SOCKET = 'unix:///var/run/docker.sock'
+KEEP_ALIVE = ('trap "exit 0" TERM INT; '
+              'while :; do sleep 3600 & wait $!; done')
+LABEL_INSTANCE = 'crcache.instance'
+LABEL_SOURCE = 'crcache.source'
+LABEL_STORE = 'crcache.store'
+_MEMORY = re.compile(r'^\s*(\d+)\s*([kmgKMG]?)[bB]?\s*$')
+
+
+def _memory_bytes(text: str) -> int:
+    match = _MEMORY.match(text)
+    if not match:
+        raise ValueError(f'{text!r} is not a size (like 512m or 2g)')
+    scale = {'': 1, 'k': 1 << 10, 'm': 1 << 20, 'g': 1 << 30}
+    return int(match.group(1)) * scale[match.group(2).lower()]
+
+
+class DockerSource(base.BackendSource):
+    """Containers from an image, on a Docker (or Podman) engine."""
+
+    opts = [
+        cfg.StrOpt(
+            'image',
+            help='For docker: the image to make containers from. Required '
+                 'for type=docker.'),
+        cfg.StrOpt(
+            'docker_host',
+            help='For docker: the engine to use, as unix:///path or '
+                 'tcp://host:port (default: $DOCKER_HOST, else '
+                 'unix:///var/run/docker.sock).'),
+        cfg.StrOpt(
+            'pull',
+            default='missing',
+            choices=('never', 'missing'),
+            help='For docker: pull the image when it is missing, or never '
+                 '(a missing image is then an error).'),
+        cfg.StrOpt(
+            'workdir',
+            help='For docker: the directory commands run in (default: the '
+                 'image\'s).'),
+        cfg.ListOpt(
+            'env',
+            default=[],
+            help='For docker: environment variables of the containers, as '
+                 'comma-separated KEY=VALUE.'),
+        cfg.ListOpt(
+            'volumes',
+            default=[],
+            help='For docker: bind mounts, as comma-separated '
+                 'host_path:container_path[:ro].'),
+        cfg.StrOpt(
+            'network',
+            help='For docker: the network to attach containers to '
+                 '(default: the engine\'s).'),
+        cfg.StrOpt(
+            'user',
+            help='For docker: the user commands run as (default: the '
+                 'image\'s).'),
+        cfg.BoolOpt(
+            'privileged',
+            default=False,
+            help='For docker: run privileged containers.'),
+        cfg.FloatOpt(
+            'cpus',
+            min=0,
+            help='For docker: a CPU limit per container (for example 2 or '
+                 '0.5); also the concurrency reported unless set.'),
+        cfg.StrOpt(
+            'memory',
+            help='For docker: a memory limit per container (for example '
+                 '512m or 2g).'),
+        cfg.StrOpt(
+            'keep_alive_command',
+            default=KEEP_ALIVE,
+            help='For docker: the command (run by /bin/sh) that keeps a '
+                 'container running between commands.'),
+    ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = super().validate()
+        if not (self.conf.image or '').strip():
+            problems.append(('image', 'required for type=docker'))
+        for item in self.conf.env:
+            if '=' not in item:
+                problems.append(('env', f'{item!r} is not KEY=VALUE'))
+        for item in self.conf.volumes:
+            parts = item.split(':')
+            if len(parts) not in (2, 3) or (len(parts) == 3
+                                            and parts[2] not in ('ro', 'rw')):
+                problems.append(
+                    ('volumes', f'{item!r} is not host:container[:ro]'))
+        if self.conf.memory:
+            try:
+                _memory_bytes(self.conf.memory)
+            except ValueError as err:
+                problems.append(('memory', str(err)))
+        return problems
+
+    # -- the engine ----------------------------------------------------------
+
+    @property
+    def docker_host(self) -> str:
+        return (self.conf.docker_host or os.environ.get('DOCKER_HOST')
+                or DEFAULT_SOCKET)
+
+    def _error(self, message: str) -> exceptions.SourceError:
+        return exceptions.SourceError(self.name, message)
+
+    @property
+    def api(self) -> Any:
+        """The SDK's low-level client, made on first use."""
+        with self._lock:
+            if self._client is None:
+                try:
+                    import docker
+                except ImportError:
+                    raise self._error(
+                        'the Docker SDK for Python is not installed (pip '
+                        'install docker)')
+                self._client = docker.APIClient(
+                    base_url=self.docker_host, version=API_VERSION,
+                    timeout=120)
+            return self._client
+
+    def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call the engine; its failures become one-line errors."""
+        import docker.errors
+        import requests.exceptions
+        try:
+            return func(*args, **kwargs)
+        except docker.errors.NotFound:
+            raise
+        except docker.errors.APIError as err:
+            explanation = getattr(err, 'explanation', None) or str(err)
+            raise self._error(f'{what}: {explanation}')
+        except (requests.exceptions.ConnectionError, OSError) as err:
+            raise self._error(
+                f'cannot reach the Docker engine at {self.docker_host}: '
+                f'{_reason(err)}')
+
+    # -- the contract --------------------------------------------------------
+
+    def provision(self, names: list[str]) -> dict[str, base.Ref]:
+        self._ensure_image()
+        refs = {}
+        for name in names:
+            refs[name] = self._create(name)
+        return refs
+
+    def _ensure_image(self) -> None:
+        import docker.errors
+        image = self.conf.image
+        try:
+            self._call(f'looking up image {image}', self.api.inspect_image,
+                       image)
+            return
+        except docker.errors.NotFound:
+            pass
+        if self.conf.pull == 'never':
+            raise self._error(
+                f'image {image} is not on the engine at {self.docker_host} '
+                'and pull=never')
+        repository, _, tag = image.rpartition(':')
+        if not repository or '/' in tag:
+            repository, tag = image, 'latest'
+        try:
+            self._call(f'pulling image {image}', self.api.pull, repository,
+                       tag=tag)
+        except docker.errors.NotFound:
+            raise self._error(f'image {image} was not found to pull')
+
+    def _create(self, name: str) -> base.Ref:
+        conf = self.conf
+        binds = {}
+        for item in conf.volumes:
+            parts = item.split(':')
+            binds[os.path.abspath(os.path.expanduser(parts[0]))] = {
+                'bind': parts[1],
+                'mode': parts[2] if len(parts) == 3 else 'rw'}
+        host_config = self.api.create_host_config(
+            binds=binds or None, network_mode=conf.network,
+            privileged=conf.privileged,
+            nano_cpus=int(conf.cpus * 1e9) if conf.cpus else None,
+            mem_limit=_memory_bytes(conf.memory) if conf.memory else None)
+        container_name = f'crcache-{name}-{uuid.uuid4().hex[:6]}'
+        labels = {LABEL_INSTANCE: name, LABEL_SOURCE: self.name,
+                  LABEL_STORE: self.owner}
+        created = self._call(
+            f'creating a container for {name}', self.api.create_container,
+            conf.image, command=['/bin/sh', '-c', conf.keep_alive_command],
+            name=container_name, labels=labels, detach=True,
+            working_dir=conf.workdir, environment=list(conf.env) or None,
+            user=conf.user, host_config=host_config)
+        ref = {'id': created['Id'], 'name': container_name}
+        try:
+            self._call(f'starting container {container_name}',
+                       self.api.start, created['Id'])
+        except BaseException:
+            self._remove(ref)
+            raise
+        return ref
+
+    def discard(self, refs: dict[str, base.Ref]) -> None:
+        for name, ref in refs.items():
+            if ref.get('id'):
+                self._remove(ref)
+            # Containers made for this instance whose id was never
+            # recorded (a crash mid-provision) go too.
+            for other in self._owned({LABEL_INSTANCE: name}):
+                self._remove({'id': other['Id']})
+
+    def _remove(self, ref: base.Ref) -> None:
+        import docker.errors
+        try:
+            self._call('removing a container', self.api.remove_container,
+                       ref['id'], force=True)
+        except docker.errors.NotFound:
+            pass  # already gone: that is what we wanted
+
+    def _owned(self, extra: dict[str, str] | None = None) -> list[dict]:
+        filters = [f'{LABEL_STORE}={self.owner}',
+                   f'{LABEL_SOURCE}={self.name}']
+        filters += [f'{k}={v}' for k, v in (extra or {}).items()]
+        return self._call('listing containers', self.api.containers,
+                          all=True, filters={'label': filters})
+
+    def list_owned(self, store_id: str) -> dict[str, str | None]:
+        return {c['Id'][:12]: c.get('Labels', {}).get(LABEL_INSTANCE)
+                for c in self._owned()}
+
+    def destroy_owned(self, resource_id: str) -> None:
+        self._remove({'id': resource_id})
+
+    def is_alive(self, ref: base.Ref, timeout: float = 10.0) -> bool:
+        import docker.errors
+        try:
+            state = self._call('inspecting a container',
+                               self.api.inspect_container, ref['id'])
+        except docker.errors.NotFound:
+            return False
+        return bool(state.get('State', {}).get('Running'))
+
+    def concurrency(self, ref: base.Ref) -> int:
+        if self.conf.cpus:
+            return max(1, math.ceil(self.conf.cpus))
+        return super().concurrency(ref)
+
+    # -- running commands ----------------------------------------------------
+
+    def _check_running(self, ref: base.Ref) -> dict:
+        import docker.errors
+        try:
+            info = self._call('inspecting a container',
+                              self.api.inspect_container, ref['id'])
+        except docker.errors.NotFound:
+            raise self._error(f"container {ref.get('name')} no longer "
+                              'exists')
+        state = info.get('State', {})
+        if not state.get('Running'):
+            raise self._error(
+                f"container {ref.get('name')} is not running (it "
+                f"{state.get('Status', 'stopped')}, exit code "
+                f"{state.get('ExitCode')})")
+        return info
+
+    def run(self, ref: base.Ref, argv: list[str], stdin: int, stdout: int,
+            stderr: int) -> int:
+        from crcache import dockerstream
+        tty = not argv and os.isatty(stdin)
+        command = (['/bin/sh', '-c', cmdline.join(argv)] if argv
+                   else ['/bin/sh', '-l'] if tty else ['/bin/sh'])
+        try:
+            exec_id = self._call(
+                'starting a command', self.api.exec_create, ref['id'],
+                command, stdin=True, stdout=True, stderr=True, tty=tty,
+                user=self.conf.user or '', workdir=self.conf.workdir)['Id']
+        except exceptions.SourceError:
+            self._check_running(ref)
+            raise
+        try:
+            sock, early = dockerstream.start(
+                self.docker_host, API_VERSION, exec_id, tty, 30)
+        except (OSError, ValueError) as err:
+            raise self._error(f'cannot start a command in container '
+                              f"{ref.get('name')}: {_reason(err)}")
+        with process.foreground(process.REMOTE, ()) as job:
+            job.started(_ExecSignals(self, ref, exec_id))
+            if tty:
+                self._interactive(exec_id, sock, early, stdin, stdout)
+            else:
+                dockerstream.pump(sock, early, stdin, stdout, stderr, False)
+        result = self._call('reading the exit status', self.api.exec_inspect,
+                            exec_id)
+        code = result.get('ExitCode')
+        if code is None:
+            self._check_running(ref)
+            return 255
+        return code
+
+    def _interactive(self, exec_id: str, sock: Any, early: bytes,
+                     stdin: int, stdout: int) -> None:
+        import signal
+        import termios
+        import tty as tty_module
+
+        from crcache import dockerstream
+
+        def resize(*args: object) -> None:
+            size = os.get_terminal_size(stdin)
+            try:
+                self.api.exec_resize(exec_id, height=size.lines,
+                                     width=size.columns)
+            except Exception:
+                pass  # a resize that fails only leaves the size stale
+
+        saved = termios.tcgetattr(stdin)
+        old = signal.signal(signal.SIGWINCH, resize)
+        try:
+            tty_module.setraw(stdin, termios.TCSADRAIN)
+            resize()
+            dockerstream.pump(sock, early, stdin, stdout, stdout, True)
+        finally:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+            signal.signal(signal.SIGWINCH, old)
+
+    # -- files -------------------------------------------------------------
+
+    def _container_path(self, ref: base.Ref, path: str) -> str:
+        if posixpath.isabs(path):
+            return path
+        workdir = self.conf.workdir
+        if not workdir:
+            info = self._check_running(ref)
+            workdir = info.get('Config', {}).get('WorkingDir') or '/'
+        return posixpath.normpath(posixpath.join(workdir, path))
+
+    def _stat(self, ref: base.Ref, path: str) -> dict | None:
+        """The engine's stat of a container path, or None if absent."""
+        api = self.api
+        response = self._call(
+            f'looking at {path}', api.head,
+            api._url('/containers/{0}/archive', ref['id']),
+            params={'path': path})
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self._error(f'cannot look at {path} in container '
+                              f"{ref.get('name')}: HTTP "
+                              f'{response.status_code}')
+        header = response.headers.get('X-Docker-Container-Path-Stat', '')
+        return json.loads(base64.b64decode(header))
+
+    def copy_in(self, ref: base.Ref, src: str, dst: str,
+                recursive: bool) -> None:
+        from crcache import localcopy
+        from crcache import tarcopy
+        if not os.path.lexists(src):
+            raise exceptions.CopyError(f'{src}: no such file or directory')
+        localcopy.check_source(src, os.path.isdir(src), recursive)
+        target = self._container_path(ref, dst)
+        found = self._stat(ref, target)
+        if found is not None and found['mode'] & _GO_DIR:
+            into, name = target, os.path.basename(os.path.normpath(src))
+        else:
+            into, name = posixpath.split(target)
+            parent = self._stat(ref, into)
+            if parent is None or not parent['mode'] & _GO_DIR:
+                raise exceptions.CopyError(
+                    f'{into}: no such directory in container '
+                    f"{ref.get('name')}")
+        stream = tarcopy.archive_stream(src, name, follow=not recursive)
+        self._call(f'copying to {into}', self.api.put_archive, ref['id'],
+                   into, stream)
+
+    def copy_out(self, ref: base.Ref, src: str, dst: str,
+                 recursive: bool) -> None:
+        import docker.errors
+
+        from crcache import tarcopy
+        path = self._container_path(ref, src)
+        name = posixpath.basename(path.rstrip('/')) or path
+        try:
+            stat = self._stat(ref, path)
+            if stat is None:
+                raise docker.errors.NotFound('absent')
+            if stat.get('linkTarget') and not recursive:
+                # Without -r a link named as SRC is followed, as cp does.
+                path = stat['linkTarget']
+                stat = self._stat(ref, path)
+            if stat is not None and stat['mode'] & _GO_DIR \
+                    and not recursive:
+                raise exceptions.CopyError(
+                    f'{src}: is a directory (use -r to copy directories)')
+            chunks, _ = self._call(f'copying from {src}',
+                                   self.api.get_archive, ref['id'], path)
+        except docker.errors.NotFound:
+            raise exceptions.CopyError(
+                f"{src}: no such file or directory in container "
+                f"{ref.get('name')}")
+        base_name = posixpath.basename(path.rstrip('/')) or path
+        with tarcopy.landing(dst, base_name, name) as into:
+            tarcopy.extract(_ChunkReader(chunks), into, base_name,
+                            recursive, src)
+
+
+#: Go's os.ModeDir, as the engine reports modes.
+_GO_DIR = 1 << 31
+
+
+class _ChunkReader:
+    """A file-like view of an iterator of byte chunks, for tarfile."""
+
+    def __init__(self, chunks: Any) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = b''
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            try:
+                self._buffer += next(self._chunks)
+            except StopIteration:
+                break
+        if size < 0:
+            data, self._buffer = self._buffer, b''
+        else:
+            data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+
+class _ExecSignals:
+    """Signals for an exec, delivered by ``kill`` run in the container."""
+
+    def __init__(self, source: DockerSource, ref: base.Ref,
+                 exec_id: str) -> None:
+        self.source = source
+        self.ref = ref
+        self.exec_id = exec_id
+
+    def send_signal(self, signum: int) -> None:
+        import signal
+        try:
+            info = self.source.api.exec_inspect(self.exec_id)
+            pid = _namespace_pid(info.get('Pid'))
+            if not pid:
+                return
+            kill = self.source.api.exec_create(
+                self.ref['id'],
+                ['kill', '-s', signal.Signals(signum).name[3:], str(pid)],
+                user='0')
+            self.source.api.exec_start(kill['Id'], detach=True)
+        except Exception:
+            pass  # best effort: the command may have finished
+
+
+def _namespace_pid(host_pid: int | None) -> int | None:
+    """The pid a host process has inside its container's namespace."""
+    if not host_pid:
+        return None
+    try:
+        with open(f'/proc/{host_pid}/status') as f:
+            for line in f:
+                if line.startswith('NSpid:'):
+                    return int(line.split()[-1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err)
+    if 'No such file' in text or 'FileNotFoundError' in text:
+        return 'no such socket'
+    if 'Connection refused' in text:
+        return 'connection refused'
+    if 'Permission denied' in text:
+        return 'permission denied'
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def list_opts() -> list[tuple[str | None, list]]:
+    """``oslo.config.opts`` entry point for the docker keys."""
+    return [(None, DockerSource.opts)]
