@@ -32,11 +32,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _exit(status: int) -> None:
-    import logging
     try:
         sys.stdout.flush()
         sys.stderr.flush()
     except BrokenPipeError:
         status = status or 141
-    logging.shutdown()
+    logging = sys.modules.get('logging')
+    if logging is not None:  # never imported just to be shut down
+        logging.shutdown()
     os._exit(status if isinstance(status, int) else 1)

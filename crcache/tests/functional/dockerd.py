@@ -107,8 +107,10 @@ def _busybox_rootfs() -> bytes:
     return data.getvalue()
 
 
-def engine(test: testtools.TestCase) -> tuple[str, str]:
-    """(docker host, test image); skips (or, under CI=true, fails)."""
+def ensure_engine() -> tuple[str | None, str | None]:
+    """(docker host, None) for a working engine with the test image, or
+    (None, why not). An engine started here lives as long as the
+    process."""
     if 'host' not in _engine:
         host = os.environ.get(HOST_ENV)
         reason = None
@@ -136,13 +138,19 @@ def engine(test: testtools.TestCase) -> tuple[str, str]:
                         changes=['ENV PATH=/bin'])
             except Exception as err:
                 reason = f'the Docker engine at {host} does not work: {err}'
-        _engine['host'] = host
+        _engine['host'] = None if reason else host
         _engine['reason'] = reason
-    if _engine['reason']:
+    return _engine['host'], _engine['reason']
+
+
+def engine(test: testtools.TestCase) -> tuple[str, str]:
+    """(docker host, test image); skips (or, under CI=true, fails)."""
+    host, reason = ensure_engine()
+    if reason:
         if os.environ.get('CI') == 'true':
-            test.fail(f"{_engine['reason']}: CI must provide one")
-        test.skipTest(str(_engine['reason']))
-    return str(_engine['host']), IMAGE
+            test.fail(f'{reason}: CI must provide one')
+        test.skipTest(reason)
+    return host, IMAGE
 
 
 def store_id(test: base.CLITestCase) -> str | None:
