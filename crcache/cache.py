@@ -230,10 +230,16 @@ class Cache:
             self._undo(claims)
             raise
         expires = time.time() + lease if lease else None
-        with self.store.transaction() as tx:
-            for claim in claims:
-                tx.update(claim.instance.name, lease_expires=expires)
-            return [tx.get(c.instance.name) for c in claims]
+        if expires:
+            with self.store.transaction() as tx:
+                for claim in claims:
+                    tx.update(claim.instance.name, lease_expires=expires)
+        handed_out = []
+        for claim in claims:
+            handed_out.append(dataclasses.replace(
+                claim.instance, state=IN_USE, holder=holder,
+                lease_expires=expires))
+        return handed_out
 
     def _auto_gc(self) -> None:
         from crcache import gc
@@ -397,6 +403,8 @@ class Cache:
     # -- checking cached instances -------------------------------------------
 
     def _leaf(self, inst: store_base.Instance) -> store_base.Instance:
+        if not inst.child:
+            return inst
         with self.store.reading() as tx:
             leaf = inst
             while leaf.child:

@@ -1,4 +1,4 @@
-"""The byte streams of a Docker exec, without the Docker SDK in the way.
+"""Talking to the Docker engine on the hot path, without the SDK.
 
 Starting an exec with its streams attached "hijacks" the HTTP connection:
 the engine answers ``101 UPGRADED`` and from then on the connection
@@ -9,15 +9,24 @@ already hold the first output bytes and which cannot be half-closed to
 send the end of stdin; so crcache opens this one connection itself,
 keeps whatever arrived with the response headers, and moves bytes
 between the connection and the caller's descriptors.
+
+The few calls every ``crcache run`` and every reuse of a cached container
+makes (create an exec, read its exit code, check the container runs) go
+through :func:`request`, a plain ``http.client`` call over the same kind
+of connection: the SDK's requests session costs several milliseconds a
+call, which is most of what separates ``crcache run`` from ``docker
+exec``. Everything else uses the SDK.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import select
 import socket
 import threading
+from typing import Any
 from urllib.parse import urlparse
 
 from crcache import exceptions
@@ -39,6 +48,37 @@ def connect(docker_host: str, timeout: float) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
     raise ValueError(f'cannot stream over {url.scheme}:// connections')
+
+
+class _Connection(http.client.HTTPConnection):
+    """An HTTP connection over whatever :func:`connect` opens."""
+
+    def __init__(self, docker_host: str, timeout: float) -> None:
+        super().__init__('docker', timeout=timeout)
+        self.docker_host = docker_host
+
+    def connect(self) -> None:
+        self.sock = connect(self.docker_host, self.timeout)
+
+
+def request(docker_host: str, method: str, path: str,
+            body: dict | None = None,
+            timeout: float = 60) -> tuple[int, Any]:
+    """One API call; returns (HTTP status, decoded JSON or text)."""
+    conn = _Connection(docker_host, timeout)
+    try:
+        payload = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=payload,
+                     headers={'Content-Type': 'application/json'}
+                     if payload is not None else {})
+        response = conn.getresponse()
+        data = response.read()
+    finally:
+        conn.close()
+    try:
+        return response.status, json.loads(data) if data else None
+    except ValueError:
+        return response.status, data.decode(errors='replace')
 
 
 def start(docker_host: str, api_version: str, exec_id: str, tty: bool,

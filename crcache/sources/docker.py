@@ -179,6 +179,24 @@ class DockerSource(base.BackendSource):
                 f'cannot reach the Docker engine at {self.docker_host}: '
                 f'{_reason(err)}')
 
+    def _request(self, what: str, method: str, path: str,
+                 body: dict | None = None) -> Any:
+        """A hot-path API call (see crcache.dockerstream); None if 404."""
+        from crcache import dockerstream
+        try:
+            status, data = dockerstream.request(
+                self.docker_host, method, f'/v{API_VERSION}{path}', body)
+        except (OSError, ValueError, http_client_error()) as err:
+            raise self._error(
+                f'cannot reach the Docker engine at {self.docker_host}: '
+                f'{_reason(err)}')
+        if status == 404:
+            return None
+        if status >= 400:
+            message = data.get('message') if isinstance(data, dict) else data
+            raise self._error(f'{what}: {message}')
+        return data
+
     # -- the contract --------------------------------------------------------
 
     def provision(self, names: list[str]) -> dict[str, base.Ref]:
@@ -273,13 +291,9 @@ class DockerSource(base.BackendSource):
         self._remove({'id': resource_id})
 
     def is_alive(self, ref: base.Ref, timeout: float = 10.0) -> bool:
-        import docker.errors
-        try:
-            state = self._call('inspecting a container',
-                               self.api.inspect_container, ref['id'])
-        except docker.errors.NotFound:
-            return False
-        return bool(state.get('State', {}).get('Running'))
+        info = self._request('inspecting a container', 'GET',
+                             f"/containers/{ref['id']}/json")
+        return bool(info and info.get('State', {}).get('Running'))
 
     def concurrency(self, ref: base.Ref) -> int:
         if self.conf.cpus:
@@ -289,11 +303,9 @@ class DockerSource(base.BackendSource):
     # -- running commands ----------------------------------------------------
 
     def _check_running(self, ref: base.Ref) -> dict:
-        import docker.errors
-        try:
-            info = self._call('inspecting a container',
-                              self.api.inspect_container, ref['id'])
-        except docker.errors.NotFound:
+        info = self._request('inspecting a container', 'GET',
+                             f"/containers/{ref['id']}/json")
+        if info is None:
             raise self._error(f"container {ref.get('name')} no longer "
                               'exists')
         state = info.get('State', {})
@@ -310,14 +322,20 @@ class DockerSource(base.BackendSource):
         tty = not argv and os.isatty(stdin)
         command = (['/bin/sh', '-c', cmdline.join(argv)] if argv
                    else ['/bin/sh', '-l'] if tty else ['/bin/sh'])
+        created = None
         try:
-            exec_id = self._call(
-                'starting a command', self.api.exec_create, ref['id'],
-                command, stdin=True, stdout=True, stderr=True, tty=tty,
-                user=self.conf.user or '', workdir=self.conf.workdir)['Id']
-        except exceptions.SourceError:
-            self._check_running(ref)
-            raise
+            created = self._request(
+                'starting a command', 'POST',
+                f"/containers/{ref['id']}/exec",
+                {'AttachStdin': True, 'AttachStdout': True,
+                 'AttachStderr': True, 'Tty': tty, 'Cmd': command,
+                 'User': self.conf.user or '',
+                 **({'WorkingDir': self.conf.workdir}
+                    if self.conf.workdir else {})})
+        finally:
+            if created is None:
+                self._check_running(ref)  # the likely reason, said clearly
+        exec_id = created['Id']
         try:
             sock, early = dockerstream.start(
                 self.docker_host, API_VERSION, exec_id, tty, 30)
@@ -330,8 +348,8 @@ class DockerSource(base.BackendSource):
                 self._interactive(exec_id, sock, early, stdin, stdout)
             else:
                 dockerstream.pump(sock, early, stdin, stdout, stderr, False)
-        result = self._call('reading the exit status', self.api.exec_inspect,
-                            exec_id)
+        result = self._request('reading the exit status', 'GET',
+                               f'/exec/{exec_id}/json') or {}
         code = result.get('ExitCode')
         if code is None:
             self._check_running(ref)
@@ -505,6 +523,11 @@ def _namespace_pid(host_pid: int | None) -> int | None:
     except (OSError, ValueError):
         return None
     return None
+
+
+def http_client_error() -> type:
+    import http.client
+    return http.client.HTTPException
 
 
 def _reason(err: BaseException) -> str:
