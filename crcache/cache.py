@@ -616,11 +616,20 @@ class Cache:
                     tx.update(inst.name, state=DISCARDING,
                               op=invocation.identity())
                     inst = current
+                unmade = inst.ref is None and not inst.child
                 try:
                     self._discard(inst, force=True, children=False)
                 except exceptions.CrcacheError as err:
-                    # Left 'discarding' for crcache gc to retry.
-                    LOG.warning('%s', err)
+                    if not unmade:
+                        # Left 'discarding' for crcache gc to retry.
+                        LOG.warning('%s', err)
+                        continue
+                    # The backend never returned this instance, and a
+                    # driver that fails cleans up after itself: nothing
+                    # to retry (a crash's leftovers are found as leaks).
+                    LOG.debug('discarding unmade %s: %s', inst.name, err)
+                    with self.store.transaction() as tx:
+                        tx.delete(inst.name)
 
     # -- filling the reserve -----------------------------------------------
 

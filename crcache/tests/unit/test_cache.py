@@ -79,6 +79,13 @@ class FailingDiscard(Recording):
                 raise RuntimeError(f'{name} is stuck')
 
 
+class FailingConcurrencyAndDiscard(FailingConcurrency):
+    """Made (a reference came back), then failed, then cannot be undone."""
+
+    def discard(self, refs: dict[str, base.Ref]) -> None:
+        raise exceptions.SourceError(self.name, 'discard broke too')
+
+
 class DriverConfig(config.Config):
     """A Config whose named sources use test driver classes.
 
@@ -248,12 +255,21 @@ class TestAcquire(CacheTestCase):
         self.assertEqual(before, self.rows())
 
     def test_failed_undo_leaves_a_discarding_row(self) -> None:
-        # A crash-safe record that something may exist.
+        # A record that something exists, for crcache gc to retry.
+        self.write_source('f', type='local')
+        c = self.make_cache(f=FailingConcurrencyAndDiscard)
+        self.assertRaises(exceptions.SourceError, c.acquire, 'f', 1,
+                          self.holder)
+        self.assertEqual({'f-0': (DISCARDING, None, None)}, self.rows())
+
+    def test_unmade_instance_leaves_nothing(self) -> None:
+        # The backend never returned it, and a failing driver cleans up
+        # after itself: nothing to retry, even if discarding fails too.
         self.write_source('f', type='local')
         c = self.make_cache(f=FailingProvisionAndDiscard)
         self.assertRaises(exceptions.SourceError, c.acquire, 'f', 1,
                           self.holder)
-        self.assertEqual({'f-0': (DISCARDING, None, None)}, self.rows())
+        self.assertEqual({}, self.rows())
 
     def test_missing_reference_leaves_nothing(self) -> None:
         self.write_source('m', type='local')

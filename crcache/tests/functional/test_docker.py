@@ -1,0 +1,681 @@
+"""The docker source through the CLI, against a real Docker engine.
+
+:mod:`crcache.tests.functional.dockerd` provides the engine (the one
+``$CRCACHE_TEST_DOCKER_HOST`` names, else a private ``dockerd`` for the
+test process) and a busybox image imported locally. Every test drives
+the real ``crcache`` command and checks what a user sees, and where it
+matters the engine's own view: its containers, found by the label that
+names the test's state store. Whatever a test leaves on the engine,
+pass or fail, is removed after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import threading
+import time
+
+from crcache.tests.functional import base
+from crcache.tests.functional import dockerd
+
+#: /etc/passwd of the test image (see dockerd._busybox_rootfs).
+PASSWD = 'root:x:0:0:root:/root:/bin/sh\n'
+
+
+def _mode(path: str) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def _tree_snapshot(root: str, skip: str) -> dict[str, tuple]:
+    """Every path under ``root`` but those under ``skip``: (type, mode)."""
+    found = {}
+    for directory, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs
+                   if os.path.join(directory, d) != skip]
+        for entry in dirs + files:
+            path = os.path.join(directory, entry)
+            st = os.lstat(path)
+            found[path] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode))
+    return found
+
+
+class DockerTestCase(base.CLITestCase):
+    """The source ``box``: containers of the test image on the engine."""
+
+    #: Extra source.conf keys for the source ``box``.
+    source_overrides: dict[str, object] = {}
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.host, self.image = dockerd.engine(self)
+        self.env['DOCKER_HOST'] = self.host
+        # Runs after every other cleanup (processes killed first), and
+        # reads the store id then: the store does not exist yet.
+        self.addCleanup(self._remove_containers)
+        self.write_box(**self.source_overrides)
+
+    def _remove_containers(self) -> None:
+        dockerd.remove_containers(self.host, dockerd.store_id(self))
+
+    # -- helpers -------------------------------------------------------------
+
+    def write_box(self, name: str = 'box', **keys: object) -> str:
+        return self.write_source(
+            name, **dict({'type': 'docker', 'image': self.image,
+                          'pull': 'never'}, **keys))
+
+    @property
+    def client(self):
+        import docker
+        return docker.APIClient(base_url=self.host, version='1.41',
+                                timeout=60)
+
+    @property
+    def store(self) -> str:
+        store = dockerd.store_id(self)
+        self.assertIsNotNone(store, 'no state store yet')
+        return store
+
+    def containers(self) -> list[dict]:
+        """The engine's containers labelled with this test's store."""
+        return dockerd.containers(self.host, dockerd.store_id(self))
+
+    def container_of(self, name: str) -> dict:
+        """The one container the engine has for instance ``name``."""
+        found = [c for c in self.containers()
+                 if c['Labels'].get('crcache.instance') == name]
+        self.assertEqual(1, len(found), found)
+        return found[0]
+
+    def acquire(self, source: str = 'box', count: int = 1) -> list[str]:
+        out = self.crcache('acquire', '-s', source, '-n', str(count)).stdout
+        names = out.split()
+        self.assertEqual(count, len(names), out)
+        return names
+
+    def run_on(self, name: str, *argv: str, **kwargs: object
+               ) -> base.Result:
+        return self.crcache('run', name, *argv, **kwargs)
+
+    def gc(self, *args: str) -> list[dict]:
+        return json.loads(self.crcache('gc', '-f', 'json', *args).stdout)
+
+    def wait_for(self, predicate, timeout: float = 20,
+                 what: str = '') -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                self.fail(f'timed out after {timeout}s waiting for '
+                          f'{what or predicate}')
+            time.sleep(0.05)
+
+    def running(self, container_id: str) -> bool:
+        import docker.errors
+        try:
+            info = self.client.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return False
+        return bool(info['State']['Running'])
+
+    def assertGone(self, container_id: str) -> None:
+        import docker.errors
+        self.assertRaises(docker.errors.NotFound,
+                          self.client.inspect_container, container_id)
+
+
+class TestAcquireRunRelease(DockerTestCase):
+
+    def test_acquire_run_release(self) -> None:
+        result = self.crcache('acquire', '-s', 'box')
+        self.assertEqual('', result.stderr)
+        self.assertRegex(result.stdout, r'^box-\d+\n$')
+        name = result.stdout.strip()
+
+        [container] = self.containers()
+        self.assertEqual(
+            {'crcache.instance': name, 'crcache.source': 'box',
+             'crcache.store': self.store},
+            {k: v for k, v in container['Labels'].items()
+             if k.startswith('crcache.')})
+        self.assertEqual('running', container['State'])
+        [container_name] = container['Names']
+        self.assertRegex(container_name,
+                         rf'^/crcache-{re.escape(name)}-[0-9a-z]+$')
+        self.assertEqual(self.image, container['Image'])
+
+        result = self.run_on(name, 'cat /etc/passwd')
+        self.assertEqual((PASSWD, ''), (result.stdout, result.stderr))
+        result = self.run_on(name, 'hostname')
+        self.assertEqual(container['Id'][:12] + '\n', result.stdout)
+        row = self.status('box')['box']
+        self.assertEqual((1, 0), (row['in-use'], row['cached']), row)
+
+        self.crcache('release', name)
+        self.assertEqual([], self.containers())
+        self.assertGone(container['Id'])
+        row = self.status('box')['box']
+        self.assertEqual((0, 0), (row['in-use'], row['cached']), row)
+        result = self.run_on(name, 'true', expect=255)
+        self.assertOneLineError(result, f"unknown instance '{name}'")
+
+    def test_concurrency_from_the_cpu_limit(self) -> None:
+        self.write_box(cpus=1.5)
+        out = self.crcache('acquire', '-s', 'box', '-f', 'json').stdout
+        [row] = json.loads(out)
+        self.assertEqual(2, row['concurrency'], row)
+        info = self.client.inspect_container(
+            self.container_of(row['name'])['Id'])
+        self.assertEqual(1500000000, info['HostConfig']['NanoCpus'])
+
+
+class TestRun(DockerTestCase):
+    """Commands in a container, as a script sees them."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        [self.name] = self.acquire()
+
+    def test_exit_status(self) -> None:
+        self.run_on(self.name, 'exit 7', expect=7)
+        self.run_on(self.name, 'true', expect=0)
+        self.run_on(self.name, 'false', expect=1)
+
+    def test_signal_death_is_128_plus_n(self) -> None:
+        self.run_on(self.name, 'kill -KILL $$', expect=137)
+
+    def test_streams_stay_apart(self) -> None:
+        result = self.run_on(self.name, 'echo out; echo err >&2; echo out2')
+        self.assertEqual('out\nout2\n', result.stdout)
+        self.assertEqual('err\n', result.stderr)
+
+    def test_assignments_and_quoting(self) -> None:
+        result = self.run_on(self.name, '--', 'A=1', 'sh', '-c', 'echo $A')
+        self.assertEqual('1\n', result.stdout)
+        result = self.run_on(self.name, '--', 'A=1', 'B=x y', 'sh', '-c',
+                             'echo "$A|$B|$0"', 'arg zero')
+        self.assertEqual('1|x y|arg zero\n', result.stdout)
+
+    def test_binary_stdin_and_stdout(self) -> None:
+        data = os.urandom(16 << 20) + bytes(range(256))
+        result = self.run_on(self.name, 'cat', input=data, binary=True)
+        self.assertEqual(b'', result.stderr)
+        self.assertEqual(len(data), len(result.stdout))
+        self.assertEqual(hashlib.sha256(data).hexdigest(),
+                         hashlib.sha256(result.stdout).hexdigest())
+
+    def test_stdin_eof_reaches_the_command(self) -> None:
+        result = self.run_on(self.name, 'wc -c', input='x' * 12345 + '\n')
+        self.assertEqual('12346', result.stdout.strip())
+        # No input at all is an immediate EOF too, not a hang.
+        result = self.run_on(self.name, 'cat; echo done', timeout=30)
+        self.assertEqual('done\n', result.stdout)
+
+    def test_no_command_without_a_terminal_reads_a_script(self) -> None:
+        result = self.run_on(self.name, input='echo "$((6 * 7))"\nexit 4\n',
+                             expect=4)
+        self.assertEqual('42\n', result.stdout)
+
+    def test_sigterm_reaches_the_command(self) -> None:
+        # The trap is set before "ready", so the signal cannot come first.
+        proc = self.start(
+            'run', self.name,
+            'trap "echo got TERM; exit 7" TERM; echo ready; '
+            'while :; do sleep 0.1; done')
+        self.assertEqual(b'ready\n', proc.stdout.readline())
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(7, proc.wait(timeout=30))
+        self.assertEqual(b'got TERM\n', proc.stdout.read())
+        self.assertNotIn(b'Traceback', proc.stderr.read())
+
+    def test_interactive_shell(self) -> None:
+        import pty
+        pids: list[int] = []
+        real_fork = pty.fork
+
+        def fork() -> tuple[int, int]:
+            pid, fd = real_fork()
+            if pid:
+                pids.append(pid)
+            return pid, fd
+
+        self.patch(pty, 'fork', fork)
+        done = threading.Event()
+
+        def watchdog() -> None:
+            # A shell that never sees its input would wait for ever:
+            # killed, it fails the test instead of hanging the run.
+            if not done.wait(30):
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
+        threading.Thread(target=watchdog, daemon=True).start()
+        try:
+            status, output = self.in_terminal(
+                'run', self.name, input=b'echo "in $HOME"; exit 3\n')
+        finally:
+            done.set()
+        self.assertEqual(3, status, output)
+        self.assertIn(b'in /root', output)
+
+
+class TestCopy(DockerTestCase):
+    """cp both ways through the engine's archive API."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        [self.name] = self.acquire()
+        self.tree = os.path.join(self.project, 'tree')
+        os.makedirs(os.path.join(self.tree, 'sub', 'deeper'))
+        self._write(os.path.join(self.tree, 'data.txt'), 'data\n', 0o640)
+        self._write(os.path.join(self.tree, 'sub', 'run.sh'),
+                    '#!/bin/sh\necho ran\n', 0o751)
+        self._write(os.path.join(self.tree, 'sub', 'deeper', 'blob'),
+                    bytes(range(256)) * 1000, 0o600)
+        os.chmod(os.path.join(self.tree, 'sub'), 0o751)
+
+    def _write(self, path: str, content: str | bytes, mode: int) -> None:
+        with open(path, 'wb') as f:
+            f.write(content.encode() if isinstance(content, str)
+                    else content)
+        os.chmod(path, mode)
+
+    def _remote_listing(self, path: str) -> str:
+        """`mode path sha256` of everything under ``path`` in the box."""
+        return self.run_on(
+            self.name,
+            f'cd {path} && find . | LC_ALL=C sort | while read -r p; do '
+            'if [ -f "$p" ]; then s=$(sha256sum < "$p" | cut -c1-64); '
+            'else s=-; fi; echo "$(stat -c %a "$p") $p $s"; done').stdout
+
+    def _local_listing(self, path: str) -> str:
+        lines = []
+        for root, dirs, files in os.walk(path):
+            for entry in dirs + files:
+                full = os.path.join(root, entry)
+                rel = './' + os.path.relpath(full, path)
+                if os.path.isfile(full):
+                    with open(full, 'rb') as f:
+                        digest = hashlib.sha256(f.read()).hexdigest()
+                else:
+                    digest = '-'
+                lines.append(f'{_mode(full):o} {rel} {digest}')
+        lines.append(f'{_mode(path):o} . -')
+        return ''.join(line + '\n' for line in sorted(
+            lines, key=lambda line: line.split()[1].encode()))
+
+    def test_file_up_and_down(self) -> None:
+        src = os.path.join(self.tree, 'sub', 'run.sh')
+        self.crcache('cp', src, f'{self.name}:/tmp/run.sh')
+        result = self.run_on(self.name, 'stat -c %a /tmp/run.sh; '
+                             '/tmp/run.sh')
+        self.assertEqual('751\nran\n', result.stdout)
+        # Into an existing directory, under the file's own name.
+        self.crcache('cp', src, f'{self.name}:/root')
+        self.assertEqual('751\n', self.run_on(
+            self.name, 'stat -c %a /root/run.sh').stdout)
+
+        self.run_on(self.name, "printf 'one\\ntwo\\n' > /tmp/f; "
+                    'chmod 640 /tmp/f')
+        dst = os.path.join(self.home, 'f.copy')
+        self.crcache('cp', f'{self.name}:/tmp/f', dst)
+        with open(dst) as f:
+            self.assertEqual('one\ntwo\n', f.read())
+        self.assertEqual(0o640, _mode(dst))
+        back = os.path.join(self.home, 'back.sh')
+        self.crcache('cp', f'{self.name}:/tmp/run.sh', back)
+        self.assertEqual(0o751, _mode(back))
+        with open(back) as f:
+            self.assertEqual('#!/bin/sh\necho ran\n', f.read())
+
+    def test_binary_file_round_trip(self) -> None:
+        src = os.path.join(self.home, 'random.bin')
+        self._write(src, os.urandom(3 << 20), 0o600)
+        self.crcache('cp', src, f'{self.name}:/tmp/random.bin')
+        dst = os.path.join(self.home, 'random.back')
+        self.crcache('cp', f'{self.name}:/tmp/random.bin', dst)
+        with open(src, 'rb') as a, open(dst, 'rb') as b:
+            self.assertEqual(hashlib.sha256(a.read()).hexdigest(),
+                             hashlib.sha256(b.read()).hexdigest())
+        self.assertEqual(0o600, _mode(dst))
+
+    def test_tree_up_and_down(self) -> None:
+        expected = self._local_listing(self.tree)
+        self.crcache('cp', '-r', self.tree, f'{self.name}:/tmp')
+        self.assertEqual(expected, self._remote_listing('/tmp/tree'))
+
+        target = os.path.join(self.home, 'target')
+        os.mkdir(target)
+        self.crcache('cp', '-r', f'{self.name}:/tmp/tree', target)
+        self.assertEqual(expected,
+                         self._local_listing(os.path.join(target, 'tree')))
+        # To a new name: the tree lands as that name.
+        renamed = os.path.join(self.home, 'renamed')
+        self.crcache('cp', '-r', f'{self.name}:/tmp/tree', renamed)
+        self.assertEqual(expected, self._local_listing(renamed))
+
+    def test_relative_paths_are_in_the_working_directory(self) -> None:
+        # The test image has no WorkingDir: the engine's default is /.
+        src = os.path.join(self.tree, 'data.txt')
+        self.crcache('cp', src, f'{self.name}:data.copy')
+        result = self.run_on(self.name, 'cat /data.copy; stat -c %a '
+                             '/data.copy')
+        self.assertEqual('data\n640\n', result.stdout)
+        dst = os.path.join(self.home, 'back.txt')
+        self.crcache('cp', f'{self.name}:data.copy', dst)
+        with open(dst) as f:
+            self.assertEqual('data\n', f.read())
+
+    def test_missing_path_is_one_line(self) -> None:
+        dst = os.path.join(self.home, 'dst')
+        result = self.crcache('cp', f'{self.name}:/nonexistent', dst,
+                              expect=None)
+        self.assertOneLineError(result, '/nonexistent')
+        self.assertFalse(os.path.lexists(dst))
+        result = self.crcache('cp', os.path.join(self.home, 'nosuch'),
+                              f'{self.name}:/tmp', expect=None)
+        self.assertOneLineError(result, 'nosuch')
+        result = self.crcache(
+            'cp', os.path.join(self.tree, 'data.txt'),
+            f'{self.name}:/nonexistent/dir/data.txt', expect=None)
+        self.assertOneLineError(result, '/nonexistent/dir')
+
+    def test_directory_without_r_is_refused(self) -> None:
+        result = self.crcache('cp', self.tree, f'{self.name}:/tmp',
+                              expect=None)
+        self.assertOneLineError(result, self.tree, '-r')
+        self.assertEqual('absent\n', self.run_on(
+            self.name, 'test -e /tmp/tree && echo there || echo absent'
+        ).stdout)
+        self.run_on(self.name, 'mkdir -p /tmp/d && echo x > /tmp/d/f')
+        dst = os.path.join(self.home, 'd')
+        result = self.crcache('cp', f'{self.name}:/tmp/d', dst,
+                              expect=None)
+        self.assertOneLineError(result, '/tmp/d', '-r')
+        self.assertFalse(os.path.lexists(dst))
+
+    def test_link_out_of_the_copy_is_refused(self) -> None:
+        self.run_on(self.name, 'mkdir -p /tmp/t && echo ok > /tmp/t/f && '
+                    'ln -s /etc/passwd /tmp/t/link')
+        target = os.path.join(self.home, 'target')
+        os.mkdir(target)
+        before = _tree_snapshot(self.home, target)
+        result = self.crcache('cp', '-r', f'{self.name}:/tmp/t', target,
+                              expect=None)
+        self.assertOneLineError(result, 'link', '/etc/passwd')
+        self.assertEqual(before, _tree_snapshot(self.home, target))
+        self.assertFalse(os.path.lexists(os.path.join(target, 't', 'link')))
+        # A relative link climbing out is refused as well.
+        self.run_on(self.name, 'rm /tmp/t/link; '
+                    'ln -s ../../../../../../../../etc/passwd /tmp/t/up')
+        renamed = os.path.join(self.home, 'renamed')
+        result = self.crcache('cp', '-r', f'{self.name}:/tmp/t', renamed,
+                              expect=None)
+        self.assertOneLineError(result, 'up', 'outside')
+        self.assertFalse(os.path.lexists(renamed))
+        self.assertEqual(before, _tree_snapshot(self.home, target))
+
+    def test_link_inside_the_copy_is_kept(self) -> None:
+        self.run_on(self.name, 'mkdir -p /tmp/t && echo ok > /tmp/t/f && '
+                    'ln -s f /tmp/t/link')
+        target = os.path.join(self.home, 'target')
+        self.crcache('cp', '-r', f'{self.name}:/tmp/t', target)
+        self.assertEqual('f', os.readlink(os.path.join(target, 'link')))
+        with open(os.path.join(target, 'link')) as f:
+            self.assertEqual('ok\n', f.read())
+
+
+class TestReserve(DockerTestCase):
+    """A warm reserve: released containers keep running for reuse."""
+
+    source_overrides = {'reserve': 1}
+
+    def test_reserve_keeps_the_container_warm(self) -> None:
+        [name] = self.acquire()
+        container = self.container_of(name)
+        self.crcache('release', name)
+        row = self.status('box')['box']
+        self.assertEqual((1, 0), (row['cached'], row['in-use']), row)
+        self.assertTrue(self.running(container['Id']))
+        self.assertEqual([container['Id']],
+                         [c['Id'] for c in self.containers()])
+
+        [again] = self.acquire()
+        self.assertEqual(name, again)
+        self.assertEqual([container['Id']],
+                         [c['Id'] for c in self.containers()])
+        self.assertEqual(container['Id'][:12] + '\n',
+                         self.run_on(again, 'hostname').stdout)
+        row = self.status('box')['box']
+        self.assertEqual((0, 1), (row['cached'], row['in-use']), row)
+
+    def test_max_idle_expiry(self) -> None:
+        self.write_box(reserve=1, max_idle=1)
+        [name] = self.acquire()
+        container = self.container_of(name)
+        self.crcache('release', name)
+        self.assertTrue(self.running(container['Id']))
+        time.sleep(1.5)
+        actions = self.gc()
+        self.assertEqual([(name, 'box', 'discarded')],
+                         [(a['instance'], a['source'], a['action'])
+                          for a in actions], actions)
+        self.assertIn('max_idle', actions[0]['reason'])
+        self.assertEqual([], self.containers())
+        self.assertGone(container['Id'])
+        row = self.status('box')['box']
+        self.assertEqual((0, 0), (row['cached'], row['in-use']), row)
+
+    def test_dead_cached_container_is_replaced(self) -> None:
+        [name] = self.acquire()
+        container = self.container_of(name)
+        self.crcache('release', name)
+        self.client.kill(container['Id'])
+        self.wait_for(lambda: not self.running(container['Id']),
+                      what='the container to stop')
+        [fresh] = self.acquire()
+        self.assertNotEqual(name, fresh)
+        replacement = self.container_of(fresh)
+        self.assertNotEqual(container['Id'], replacement['Id'])
+        self.assertEqual('ok\n', self.run_on(fresh, 'echo ok').stdout)
+        # The dead one is gone from the engine, not left stopped.
+        self.assertEqual([replacement['Id']],
+                         [c['Id'] for c in self.containers()])
+        row = self.status('box')['box']
+        self.assertEqual((0, 1), (row['cached'], row['in-use']), row)
+
+
+class TestPool(DockerTestCase):
+    """A pool drawing on a docker source and the local machine."""
+
+    def test_pool_of_docker_and_local(self) -> None:
+        self.write_box(maximum=1)
+        self.write_source('mix', type='pool', sources='box,local')
+        names = self.acquire('mix', 2)
+        self.assertEqual(2, len(set(names)), names)
+        [container] = self.containers()
+        hostnames = sorted(self.run_on(name, 'hostname').stdout.strip()
+                           for name in names)
+        self.assertEqual(sorted([container['Id'][:12],
+                                 socket.gethostname()]), hostnames)
+        status = self.status('mix', 'box', 'local')
+        self.assertEqual([2, 1, 1], [status[s]['in-use']
+                                     for s in ('mix', 'box', 'local')])
+        self.crcache('release', *names)
+        status = self.status('mix', 'box', 'local')
+        self.assertEqual([0, 0, 0], [status[s]['in-use']
+                                     for s in ('mix', 'box', 'local')])
+        self.assertEqual([], self.containers())
+
+
+class TestCrash(DockerTestCase):
+    """What a killed crcache leaves, gc finds by the engine's labels."""
+
+    def test_kill_during_acquire_then_gc(self) -> None:
+        hooks = os.path.join(self.config_root, 'sources', 'box',
+                             'provision.d')
+        os.mkdir(hooks)
+        with open(os.path.join(hooks, '50-slow'), 'w') as f:
+            f.write('#!/bin/sh\nsleep 5\n')
+        os.chmod(os.path.join(hooks, '50-slow'), 0o755)
+        proc = self.start('acquire', '-s', 'box')
+        # The container is made before provision.d runs.
+        self.wait_for(lambda: self._pids(hooks), 15,
+                      'provision.d to be running')
+        self.assertIsNone(proc.poll())
+        proc.kill()
+        proc.wait()
+        [orphan] = self.containers()
+        name = orphan['Labels']['crcache.instance']
+        self.assertEqual('box-0', name)
+        self.assertEqual(['provisioning'], [row['state'] for row in json.loads(
+            self.crcache('status', '-v', '-f', 'json').stdout)])
+        self.assertTrue(self.running(orphan['Id']))
+        actions = self.gc()
+        self.assertEqual([(name, 'box', 'discarded')],
+                         [(a['instance'], a['source'], a['action'])
+                          for a in actions], actions)
+        self.assertEqual([], self.containers())
+        self.assertGone(orphan['Id'])
+        self.assertEqual([], json.loads(self.crcache(
+            'status', '-v', '-f', 'json').stdout))
+        # The provision.d script it was running went too.
+        self.wait_for(lambda: not self._pids(hooks), 2,
+                      'the orphaned provision.d script to be stopped')
+
+    def _pids(self, pattern: str) -> list[str]:
+        return subprocess.run(['pgrep', '-f', pattern], capture_output=True,
+                              text=True).stdout.split()
+
+    def test_kill_during_acquire_then_gc_without_agent(self) -> None:
+        self.env['CRCACHE_AGENT'] = '0'
+        self.test_kill_during_acquire_then_gc()
+
+    def test_leaked_container(self) -> None:
+        self.crcache('gc')  # makes the state store, and so its id
+        store = self.store
+        created = self.client.create_container(
+            self.image, command=['sleep', '60'], detach=True,
+            labels={'crcache.store': store, 'crcache.source': 'box',
+                    'crcache.instance': 'box-99'})
+        self.client.start(created['Id'])
+        actions = self.gc()
+        self.assertEqual([('box-99', 'box', 'leaked')],
+                         [(a['instance'], a['source'], a['action'])
+                          for a in actions], actions)
+        self.assertIn(created['Id'][:12], actions[0]['reason'])
+        self.assertTrue(self.running(created['Id']))
+
+        actions = self.gc('--leaks')
+        self.assertEqual([('box-99', 'box', 'destroyed')],
+                         [(a['instance'], a['source'], a['action'])
+                          for a in actions], actions)
+        self.assertGone(created['Id'])
+        self.assertEqual([], self.gc())
+
+    def test_other_stores_containers_are_not_leaks(self) -> None:
+        self.crcache('gc')
+        created = self.client.create_container(
+            self.image, command=['sleep', '60'], detach=True,
+            labels={'crcache.store': 'some-other-store',
+                    'crcache.source': 'box', 'crcache.instance': 'box-0'})
+        self.addCleanup(self.client.remove_container, created['Id'],
+                        force=True)
+        self.client.start(created['Id'])
+        self.assertEqual([], self.gc('--leaks'))
+        self.assertTrue(self.running(created['Id']))
+
+
+class TestErrors(DockerTestCase):
+    """One line naming the source and the cause."""
+
+    def test_engine_unreachable(self) -> None:
+        self.write_box('gone', docker_host='unix:///nonexistent.sock')
+        result = self.crcache('acquire', '-s', 'gone', expect=None)
+        self.assertOneLineError(result, "'gone'", '/nonexistent.sock')
+
+    def test_engine_unreachable_leaves_nothing_behind(self) -> None:
+        self.write_box('gone', docker_host='unix:///nonexistent.sock')
+        for _ in range(2):
+            result = self.crcache('acquire', '-s', 'gone', expect=None)
+            self.assertNotEqual(0, result.returncode, str(result))
+        row = self.status('gone')['gone']
+        self.assertEqual((0, 0), (row['in-use'], row['cached']), row)
+        # No instance is left half-made for every later gc to trip on.
+        self.assertEqual([], json.loads(self.crcache(
+            'status', '-v', '-f', 'json').stdout))
+
+    def test_docker_host_from_the_environment(self) -> None:
+        result = self.crcache(
+            'acquire', '-s', 'box', expect=None,
+            env={'DOCKER_HOST': 'unix:///nonexistent.sock'})
+        self.assertOneLineError(result, "'box'", '/nonexistent.sock')
+        # The source's own docker_host beats the environment.
+        self.write_box(docker_host=self.host)
+        [name] = self.acquire()
+        self.crcache('release', name,
+                     env={'DOCKER_HOST': 'unix:///nonexistent.sock'})
+        self.assertEqual([], self.containers())
+
+    def test_image_missing_with_pull_never(self) -> None:
+        self.write_box(image='nosuch/image:1')
+        result = self.crcache('acquire', '-s', 'box', expect=None)
+        self.assertOneLineError(result, "'box'", 'nosuch/image:1',
+                                'pull=never')
+        self.assertEqual([], self.containers())
+        row = self.status('box')['box']
+        self.assertEqual((0, 0), (row['in-use'], row['cached']), row)
+
+    def test_container_died(self) -> None:
+        [name] = self.acquire()
+        container = self.container_of(name)
+        self.client.kill(container['Id'])
+        self.wait_for(lambda: not self.running(container['Id']),
+                      what='the container to stop')
+        result = self.run_on(name, 'true', expect=255)
+        self.assertOneLineError(result, "'box'", 'not running')
+        # Releasing it still cleans up.
+        self.crcache('release', name)
+        self.assertEqual([], self.containers())
+
+    def test_container_removed(self) -> None:
+        [name] = self.acquire()
+        container = self.container_of(name)
+        self.client.remove_container(container['Id'], force=True)
+        result = self.run_on(name, 'true', expect=255)
+        self.assertOneLineError(result, "'box'", 'no longer exists')
+        # Discarding what is already gone is success.
+        self.crcache('release', name)
+        row = self.status('box')['box']
+        self.assertEqual((0, 0), (row['in-use'], row['cached']), row)
+
+
+class TestTeardown(DockerTestCase):
+
+    def test_releasing_everything_leaves_nothing(self) -> None:
+        names = self.acquire(count=3)
+        containers = self.containers()
+        self.assertEqual(sorted(names),
+                         sorted(c['Labels']['crcache.instance']
+                                for c in containers))
+        self.assertEqual(3, len({c['Names'][0] for c in containers}))
+        self.crcache('release', *names)
+        self.assertEqual([], self.containers())
+        for container in containers:
+            self.assertGone(container['Id'])
+        # Nothing on the engine carries this store's label, whatever its
+        # name or state.
+        labelled = [c for c in self.client.containers(all=True)
+                    if c.get('Labels', {}).get('crcache.store')
+                    == self.store]
+        self.assertEqual([], labelled)
+        self.assertEqual([], self.gc())
