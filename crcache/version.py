@@ -7,10 +7,12 @@ the installed distribution's version is read from the name of its
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
 
+@functools.lru_cache(maxsize=1)
 def version_string() -> str:
     """Return the installed crcache version, or 'unknown'."""
     prefix = 'crcache-'
