@@ -76,31 +76,12 @@ class Agent:
 
     def bind(self) -> bool:
         """Listen on the socket; False if another agent already does."""
-        import fcntl
-        lock = os.open(self.path + '.lock', os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(self.path)
-                return False  # a live agent answers
-            except OSError:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path)  # stale
-            finally:
-                probe.close()
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            old = os.umask(0o077)
-            try:
-                listener.bind(self.path)
-            finally:
-                os.umask(old)
-            listener.listen(128)
-            self.listener = listener
-            self._inode = os.stat(self.path).st_ino
-            return True
-        finally:
-            os.close(lock)
+        from crcache import daemon
+        self.listener = daemon.claim(self.path)
+        if self.listener is None:
+            return False
+        self._inode = os.stat(self.path).st_ino
+        return True
 
     def serve(self) -> None:
         """Answer requests until idle for ``self.idle`` seconds."""
@@ -139,11 +120,8 @@ class Agent:
             self.close()
 
     def _still_ours(self) -> bool:
-        # Someone removed or replaced our socket file: nobody can reach us.
-        try:
-            return os.stat(self.path).st_ino == self._inode
-        except OSError:
-            return False
+        from crcache import daemon
+        return daemon.still_ours(self.path, self._inode)
 
     def close(self) -> None:
         if self.listener is not None:

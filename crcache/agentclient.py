@@ -97,14 +97,6 @@ def socket_path(env: dict | None = None) -> str:
     return os.path.join(runtime_dir(env), f'agent-{fingerprint()}.sock')
 
 
-def _private(directory: str) -> bool:
-    try:
-        st = os.stat(directory)
-    except OSError:
-        return False
-    return st.st_uid == os.getuid() and not st.st_mode & 0o077
-
-
 def _recv_exact(sock: '_socket.socket', size: int) -> bytes:
     data = b''
     while len(data) < size:
@@ -136,7 +128,8 @@ def run(argv: list[str]) -> int | None:
     directory = os.path.dirname(path)
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        if not _private(directory):
+        from crcache import daemon
+        if not daemon.private_dir(directory):
             raise OSError('no private runtime directory')
         sock.connect(path)
     except OSError:
@@ -238,34 +231,5 @@ def _wait(sock: '_socket.socket', forwarder: _Forwarder) -> int | None:
 
 def spawn(path: str) -> None:
     """Start an agent for ``path`` in the background; never raises."""
-    try:
-        directory = os.path.dirname(path)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        if not _private(directory):
-            return
-        pid = os.fork()
-    except OSError:
-        return
-    if pid:
-        try:
-            os.waitpid(pid, 0)
-        except OSError:
-            pass
-        return
-    # First child: detach from our session, then leave the agent to init.
-    try:
-        os.setsid()
-        if os.fork():
-            os._exit(0)
-        null = os.open(os.devnull, os.O_RDWR)
-        log = os.open(path[:-len('.sock')] + '.log',
-                      os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(null, 0)
-        os.dup2(null, 1)
-        os.dup2(log, 2)
-        os.closerange(3, 1024)
-        os.chdir('/')
-        os.execv(sys.executable,
-                 [sys.executable, '-m', 'crcache.agent', path])
-    finally:
-        os._exit(0)
+    from crcache import daemon
+    daemon.spawn(path, 'crcache.agent')

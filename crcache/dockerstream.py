@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import select
 import socket
-import threading
 from typing import Any
 from urllib.parse import urlparse
 
 from crcache import exceptions
+from crcache import fdio
 
-CHUNK = 1 << 18
+CHUNK = fdio.CHUNK
 
 
 def connect(docker_host: str, timeout: float) -> socket.socket:
@@ -109,12 +107,6 @@ def start(docker_host: str, api_version: str, exec_id: str, tty: bool,
     return sock, early
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 class _Frames:
     """Reads multiplexed frames (or raw bytes, with a tty) off a socket."""
 
@@ -133,9 +125,9 @@ class _Frames:
     def copy(self, stdout: int, stderr: int, tty: bool) -> None:
         if tty:
             if self.buffer:
-                _write_all(stdout, self.buffer)
+                fdio.write_all(stdout, self.buffer)
             while chunk := self.sock.recv(CHUNK):
-                _write_all(stdout, chunk)
+                fdio.write_all(stdout, chunk)
             return
         targets = {1: stdout, 2: stderr}
         while self._fill(8):
@@ -149,7 +141,7 @@ class _Frames:
                 piece = min(size, len(self.buffer))
                 target = targets.get(stream)
                 if target is not None:
-                    _write_all(target, memoryview(self.buffer)[:piece])
+                    fdio.write_all(target, memoryview(self.buffer)[:piece])
                 del self.buffer[:piece]
                 size -= piece
 
@@ -157,31 +149,12 @@ class _Frames:
 def pump(sock: socket.socket, early: bytes, stdin: int, stdout: int,
          stderr: int, tty: bool) -> None:
     """Move bytes until the exec's output ends; stdin EOF is passed on."""
-    wake_r, wake_w = os.pipe()
-
-    def feed() -> None:
-        try:
-            while True:
-                ready, _, _ = select.select([stdin, wake_r], [], [])
-                if wake_r in ready:
-                    return
-                data = os.read(stdin, CHUNK)
-                if not data:
-                    sock.shutdown(socket.SHUT_WR)
-                    return
-                sock.sendall(data)
-        except OSError:
-            return
-
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
+    feeder = fdio.Feeder(stdin, sock.sendall,
+                         lambda: sock.shutdown(socket.SHUT_WR))
     try:
         _Frames(sock, early).copy(stdout, stderr, tty)
     except BrokenPipeError:
         pass  # nobody reads our output any more
     finally:
-        os.write(wake_w, b'x')
-        feeder.join(5)
-        os.close(wake_r)
-        os.close(wake_w)
+        feeder.stop()
         sock.close()

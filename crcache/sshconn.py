@@ -29,7 +29,6 @@ import getpass
 import hashlib
 import logging
 import os
-import select
 import signal
 import socket
 import threading
@@ -40,6 +39,7 @@ from paramiko.common import cMSG_CHANNEL_REQUEST, MSG_CHANNEL_REQUEST
 from paramiko.message import Message
 
 from crcache import exceptions
+from crcache import fdio
 
 # paramiko's transport thread logs failures (with tracebacks) that we
 # also raise as one clear line; they reach the user only with -vv.
@@ -51,8 +51,6 @@ SYSTEM_KNOWN_HOSTS = '/etc/ssh/ssh_known_hosts'
 DEFAULT_KEY_FILES = ('~/.ssh/id_ed25519', '~/.ssh/id_ecdsa', '~/.ssh/id_rsa')
 POLICIES = ('reject', 'accept-new')
 REKEY_BYTES = 1 << 36
-#: Bytes read from a descriptor per send.
-CHUNK = 1 << 18
 #: Bytes asked of a channel per read: more than its window (2 MiB), so
 #: paramiko hands over its whole buffer instead of moving the rest of it
 #: down after every read (which costs a third of the download speed).
@@ -403,12 +401,6 @@ class Connection:
             self.transport = None
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def pump(chan: paramiko.Channel, stdin: int, stdout: int,
          stderr: int) -> int:
     """Move bytes between descriptors and a started channel; return status.
@@ -417,35 +409,18 @@ def pump(chan: paramiko.Channel, stdin: int, stdout: int,
     written as data arrives. Returns the exit status (128+N for a signal),
     or 255 if the connection ended without one.
     """
-    wake_r, wake_w = os.pipe()
-
-    def feed() -> None:
-        try:
-            while True:
-                ready, _, _ = select.select([stdin, wake_r], [], [])
-                if wake_r in ready:
-                    return
-                data = os.read(stdin, CHUNK)
-                if not data:
-                    chan.shutdown_write()
-                    return
-                chan.sendall(data)
-        except (OSError, EOFError, paramiko.SSHException):
-            return
 
     def drain(recv: Any, fd: int) -> None:
         try:
             while data := recv(RECV_CHUNK):
-                _write_all(fd, data)
-        except BrokenPipeError:
-            # Nobody reads our output any more: stop the command, as a
-            # closed pipe would.
-            chan.close()
+                fdio.write_all(fd, data)
         except (OSError, EOFError, paramiko.SSHException):
+            # Nobody reads our output any more (or the connection went):
+            # stop the command, as a closed pipe would.
             chan.close()
 
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
+    feeder = fdio.Feeder(stdin, chan.sendall, chan.shutdown_write,
+                         errors=(paramiko.SSHException,))
     err_thread = threading.Thread(target=drain, args=(chan.recv_stderr,
                                                       stderr), daemon=True)
     err_thread.start()
@@ -454,8 +429,5 @@ def pump(chan: paramiko.Channel, stdin: int, stdout: int,
         err_thread.join()
         status = chan.recv_exit_status()
     finally:
-        os.write(wake_w, b'x')
-        feeder.join(5)
-        os.close(wake_r)
-        os.close(wake_w)
+        feeder.stop()
     return 255 if status < 0 else status

@@ -162,33 +162,9 @@ def ping(settings: 'Settings') -> bool:
 
 def spawn(settings: 'Settings', persist: float) -> None:
     """Start a holder for ``settings`` in the background; never raises."""
-    path = socket_path(settings)
-    try:
-        directory = os.path.dirname(path)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        pid = os.fork()
-    except OSError:
-        return
-    if pid:
-        with contextlib.suppress(OSError):
-            os.waitpid(pid, 0)
-        return
-    try:
-        os.setsid()
-        if os.fork():
-            os._exit(0)
-        null = os.open(os.devnull, os.O_RDWR)
-        log = os.open(path[:-len('.sock')] + '.log',
-                      os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(null, 0)
-        os.dup2(null, 1)
-        os.dup2(log, 2)
-        os.closerange(3, 1024)
-        os.chdir('/')
-        os.execv(sys.executable, [sys.executable, '-m', 'crcache.sshholder',
-                                  path, str(persist), settings.to_json()])
-    finally:
-        os._exit(0)
+    from crcache import daemon
+    daemon.spawn(socket_path(settings), 'crcache.sshholder', str(persist),
+                 settings.to_json())
 
 
 # -- the holder itself ------------------------------------------------------
@@ -208,32 +184,13 @@ class Holder:
 
     def bind(self) -> bool:
         """Listen on the socket; False if a live holder already does."""
-        import fcntl
-        lock = os.open(self.path + '.lock', os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(self.path)
-                return False
-            except OSError:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path)
-            finally:
-                probe.close()
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            old = os.umask(0o077)
-            try:
-                listener.bind(self.path)
-            finally:
-                os.umask(old)
-            listener.listen(64)
-            listener.settimeout(1.0)
-            self.listener = listener
-            self.inode = os.stat(self.path).st_ino
-            return True
-        finally:
-            os.close(lock)
+        from crcache import daemon
+        self.listener = daemon.claim(self.path, backlog=64)
+        if self.listener is None:
+            return False
+        self.listener.settimeout(1.0)
+        self.inode = os.stat(self.path).st_ino
+        return True
 
     def serve(self) -> None:
         from crcache import sshconn
@@ -250,8 +207,9 @@ class Holder:
                 threading.Thread(target=self._handle, args=(client,),
                                  daemon=True).start()
         finally:
-            with contextlib.suppress(OSError):
-                if os.stat(self.path).st_ino == self.inode:
+            from crcache import daemon
+            if daemon.still_ours(self.path, self.inode):
+                with contextlib.suppress(OSError):
                     os.unlink(self.path)
             self.listener.close()
             self.conn.close()
@@ -260,10 +218,8 @@ class Holder:
         transport = self.conn.transport
         if transport is None or not transport.is_active():
             return False
-        try:
-            if os.stat(self.path).st_ino != self.inode:
-                return False
-        except OSError:
+        from crcache import daemon
+        if not daemon.still_ours(self.path, self.inode):
             return False
         with self.lock:
             idle = time.monotonic() - self.last_used
