@@ -140,6 +140,51 @@ class CLITestCase(testtools.TestCase):
         _, status = os.waitpid(pid, 0)
         return os.waitstatus_to_exitcode(status), output
 
+    def run_on(self, name: str, *argv: str, **kwargs: object) -> Result:
+        """``crcache run NAME ARGV...``."""
+        return self.crcache('run', name, *argv, **kwargs)
+
+    @staticmethod
+    def write_file(path: str, content: str | bytes, mode: int) -> None:
+        """Write a file with exactly this mode."""
+        with open(path, 'wb') as f:
+            f.write(content.encode() if isinstance(content, str)
+                    else content)
+        os.chmod(path, mode)
+
+    def remote_listing(self, name: str, path: str) -> str:
+        """``mode path sha256`` of everything under ``path`` on an instance.
+
+        Compare with :meth:`local_listing` to check a copied tree.
+        """
+        return self.run_on(
+            name,
+            f'cd {path} && find . | LC_ALL=C sort | while read -r p; do '
+            'if [ -f "$p" ]; then s=$(sha256sum < "$p" | cut -c1-64); '
+            'else s=-; fi; echo "$(stat -c %a "$p") $p $s"; done').stdout
+
+    @staticmethod
+    def local_listing(path: str) -> str:
+        """The same listing as :meth:`remote_listing`, of a local tree."""
+        import hashlib
+
+        def mode(entry: str) -> int:
+            return os.stat(entry).st_mode & 0o7777
+
+        lines = [f'{mode(path):o} . -']
+        for root, dirs, files in os.walk(path):
+            for entry in dirs + files:
+                full = os.path.join(root, entry)
+                rel = './' + os.path.relpath(full, path)
+                if os.path.isfile(full):
+                    with open(full, 'rb') as f:
+                        digest = hashlib.sha256(f.read()).hexdigest()
+                else:
+                    digest = '-'
+                lines.append(f'{mode(full):o} {rel} {digest}')
+        return ''.join(line + '\n' for line in sorted(
+            lines, key=lambda line: line.split()[1].encode()))
+
     def assertOneLineError(self, result: Result, *fragments: str) -> None:
         """An error a user can read: one line, no traceback, all facts."""
         self.assertNotEqual(0, result.returncode, str(result))

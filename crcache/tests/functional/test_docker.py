@@ -100,10 +100,6 @@ class DockerTestCase(base.CLITestCase):
         self.assertEqual(count, len(names), out)
         return names
 
-    def run_on(self, name: str, *argv: str, **kwargs: object
-               ) -> base.Result:
-        return self.crcache('run', name, *argv, **kwargs)
-
     def gc(self, *args: str) -> list[dict]:
         return json.loads(self.crcache('gc', '-f', 'json', *args).stdout)
 
@@ -276,42 +272,12 @@ class TestCopy(DockerTestCase):
         [self.name] = self.acquire()
         self.tree = os.path.join(self.project, 'tree')
         os.makedirs(os.path.join(self.tree, 'sub', 'deeper'))
-        self._write(os.path.join(self.tree, 'data.txt'), 'data\n', 0o640)
-        self._write(os.path.join(self.tree, 'sub', 'run.sh'),
+        self.write_file(os.path.join(self.tree, 'data.txt'), 'data\n', 0o640)
+        self.write_file(os.path.join(self.tree, 'sub', 'run.sh'),
                     '#!/bin/sh\necho ran\n', 0o751)
-        self._write(os.path.join(self.tree, 'sub', 'deeper', 'blob'),
+        self.write_file(os.path.join(self.tree, 'sub', 'deeper', 'blob'),
                     bytes(range(256)) * 1000, 0o600)
         os.chmod(os.path.join(self.tree, 'sub'), 0o751)
-
-    def _write(self, path: str, content: str | bytes, mode: int) -> None:
-        with open(path, 'wb') as f:
-            f.write(content.encode() if isinstance(content, str)
-                    else content)
-        os.chmod(path, mode)
-
-    def _remote_listing(self, path: str) -> str:
-        """`mode path sha256` of everything under ``path`` in the box."""
-        return self.run_on(
-            self.name,
-            f'cd {path} && find . | LC_ALL=C sort | while read -r p; do '
-            'if [ -f "$p" ]; then s=$(sha256sum < "$p" | cut -c1-64); '
-            'else s=-; fi; echo "$(stat -c %a "$p") $p $s"; done').stdout
-
-    def _local_listing(self, path: str) -> str:
-        lines = []
-        for root, dirs, files in os.walk(path):
-            for entry in dirs + files:
-                full = os.path.join(root, entry)
-                rel = './' + os.path.relpath(full, path)
-                if os.path.isfile(full):
-                    with open(full, 'rb') as f:
-                        digest = hashlib.sha256(f.read()).hexdigest()
-                else:
-                    digest = '-'
-                lines.append(f'{_mode(full):o} {rel} {digest}')
-        lines.append(f'{_mode(path):o} . -')
-        return ''.join(line + '\n' for line in sorted(
-            lines, key=lambda line: line.split()[1].encode()))
 
     def test_file_up_and_down(self) -> None:
         src = os.path.join(self.tree, 'sub', 'run.sh')
@@ -339,7 +305,7 @@ class TestCopy(DockerTestCase):
 
     def test_binary_file_round_trip(self) -> None:
         src = os.path.join(self.home, 'random.bin')
-        self._write(src, os.urandom(3 << 20), 0o600)
+        self.write_file(src, os.urandom(3 << 20), 0o600)
         self.crcache('cp', src, f'{self.name}:/tmp/random.bin')
         dst = os.path.join(self.home, 'random.back')
         self.crcache('cp', f'{self.name}:/tmp/random.bin', dst)
@@ -349,19 +315,19 @@ class TestCopy(DockerTestCase):
         self.assertEqual(0o600, _mode(dst))
 
     def test_tree_up_and_down(self) -> None:
-        expected = self._local_listing(self.tree)
+        expected = self.local_listing(self.tree)
         self.crcache('cp', '-r', self.tree, f'{self.name}:/tmp')
-        self.assertEqual(expected, self._remote_listing('/tmp/tree'))
+        self.assertEqual(expected, self.remote_listing(self.name, '/tmp/tree'))
 
         target = os.path.join(self.home, 'target')
         os.mkdir(target)
         self.crcache('cp', '-r', f'{self.name}:/tmp/tree', target)
         self.assertEqual(expected,
-                         self._local_listing(os.path.join(target, 'tree')))
+                         self.local_listing(os.path.join(target, 'tree')))
         # To a new name: the tree lands as that name.
         renamed = os.path.join(self.home, 'renamed')
         self.crcache('cp', '-r', f'{self.name}:/tmp/tree', renamed)
-        self.assertEqual(expected, self._local_listing(renamed))
+        self.assertEqual(expected, self.local_listing(renamed))
 
     def test_relative_paths_are_in_the_working_directory(self) -> None:
         # The test image has no WorkingDir: the engine's default is /.

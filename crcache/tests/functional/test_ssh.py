@@ -75,10 +75,6 @@ class SSHTestCase(base.CLITestCase):
     def acquire(self, source: str = 'host') -> str:
         return self.crcache('acquire', '-s', source).stdout.strip()
 
-    def run_on(self, name: str, *argv: str, **kwargs: object
-               ) -> base.Result:
-        return self.crcache('run', name, *argv, **kwargs)
-
     def _pids(self, pattern: str) -> list[int]:
         out = subprocess.run(['pgrep', '-f', pattern],
                              capture_output=True, text=True).stdout
@@ -288,42 +284,12 @@ class TestCopy(SSHTestCase):
         self.remote = self.remote_tmpdir(self.name)
         self.tree = os.path.join(self.project, 'tree')
         os.makedirs(os.path.join(self.tree, 'sub', 'deeper'))
-        self._write(os.path.join(self.tree, 'data.txt'), 'data\n', 0o640)
-        self._write(os.path.join(self.tree, 'sub', 'run.sh'),
+        self.write_file(os.path.join(self.tree, 'data.txt'), 'data\n', 0o640)
+        self.write_file(os.path.join(self.tree, 'sub', 'run.sh'),
                     '#!/bin/sh\necho ran\n', 0o750)
-        self._write(os.path.join(self.tree, 'sub', 'deeper', 'blob'),
+        self.write_file(os.path.join(self.tree, 'sub', 'deeper', 'blob'),
                     bytes(range(256)) * 1000, 0o600)
         os.chmod(os.path.join(self.tree, 'sub'), 0o751)
-
-    def _write(self, path: str, content: str | bytes, mode: int) -> None:
-        with open(path, 'wb') as f:
-            f.write(content.encode() if isinstance(content, str)
-                    else content)
-        os.chmod(path, mode)
-
-    def _remote_listing(self, path: str) -> str:
-        """`mode path sha256` of everything under ``path`` on the host."""
-        return self.run_on(
-            self.name,
-            f'cd {path} && find . | LC_ALL=C sort | while read -r p; do '
-            'if [ -f "$p" ]; then s=$(sha256sum < "$p" | cut -c1-64); '
-            'else s=-; fi; echo "$(stat -c %a "$p") $p $s"; done').stdout
-
-    def _local_listing(self, path: str) -> str:
-        lines = []
-        for root, dirs, files in os.walk(path):
-            for entry in dirs + files:
-                full = os.path.join(root, entry)
-                rel = './' + os.path.relpath(full, path)
-                if os.path.isfile(full):
-                    with open(full, 'rb') as f:
-                        digest = hashlib.sha256(f.read()).hexdigest()
-                else:
-                    digest = '-'
-                lines.append(f'{_mode(full):o} {rel} {digest}')
-        lines.append(f'{_mode(path):o} . -')
-        return ''.join(line + '\n' for line in sorted(
-            lines, key=lambda line: line.split()[1].encode()))
 
     def test_file_up_and_down(self) -> None:
         src = os.path.join(self.tree, 'sub', 'run.sh')
@@ -341,16 +307,16 @@ class TestCopy(SSHTestCase):
         self.assertEqual(0o640, _mode(dst))
 
     def test_tree_up_and_down(self) -> None:
-        expected = self._local_listing(self.tree)
+        expected = self.local_listing(self.tree)
         self.crcache('cp', '-r', self.tree, f'{self.name}:{self.remote}')
         self.assertEqual(expected,
-                         self._remote_listing(f'{self.remote}/tree'))
+                         self.remote_listing(self.name, f'{self.remote}/tree'))
 
         target = os.path.join(self.home, 'target')
         os.mkdir(target)
         self.crcache('cp', '-r', f'{self.name}:{self.remote}/tree', target)
         self.assertEqual(expected,
-                         self._local_listing(os.path.join(target, 'tree')))
+                         self.local_listing(os.path.join(target, 'tree')))
 
     def test_remote_relative_paths_are_in_the_home(self) -> None:
         name = f'crcache-test-{uuid.uuid4().hex}'
