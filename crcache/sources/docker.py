@@ -7,8 +7,9 @@ a short unique suffix) and labelled ``crcache.instance``,
 ``crcache.source`` and ``crcache.store`` (this state store's id), so
 ``crcache gc`` finds the ones a crash left behind, and only its own.
 
-Speaks the Docker Engine API with the Docker SDK for Python, which also
-reaches Podman's Docker-compatible socket. The SDK is imported only when
+Speaks the Docker Engine API (1.41, Docker 20.10 and later) with the
+Docker SDK for Python; Podman's Docker-compatible socket speaks it too,
+though only Docker is tested. The SDK is imported only when
 a docker source is used; exec streams go over a connection of our own
 (:mod:`crcache.dockerstream`).
 """
@@ -32,7 +33,7 @@ from crcache import exceptions
 from crcache import process
 from crcache.sources import base
 
-#: The Engine API version spoken: Docker 20.10 and later, Podman 3+.
+#: The Engine API version spoken: Docker 20.10 and later.
 API_VERSION = '1.41'
 DEFAULT_SOCKET = 'unix:///var/run/docker.sock'
 KEEP_ALIVE = ('trap "exit 0" TERM INT; '
@@ -52,7 +53,7 @@ def _memory_bytes(text: str) -> int:
 
 
 class DockerSource(base.BackendSource):
-    """Containers from an image, on a Docker (or Podman) engine."""
+    """Containers from an image, on a Docker engine."""
 
     opts = [
         cfg.StrOpt(
