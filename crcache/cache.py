@@ -272,24 +272,25 @@ class Cache:
             delay = 0.01
             while True:
                 refusal: exceptions.CapacityError | None = None
+                claims = None
                 try:
                     with self.store.transaction() as tx:
-                        queue = tx.waiters(source.name)
-                        for waiter in queue:
+                        for waiter in tx.waiters(source.name):
                             if waiter.id != ticket and invocation.alive(
                                     waiter.process) is False:
                                 tx.remove_waiter(waiter.id)
-                        first = [w for w in tx.waiters(source.name)][0]
-                        if first.id == ticket:
+                        if tx.waiters(source.name)[0].id == ticket:
                             claims = self._claim(tx, source, count, holder)
                             tx.remove_waiter(ticket)
-                            ticket = None
-                            return claims
-                        refusal = exceptions.CapacityError(
-                            f"source '{source.name}': waiting behind an "
-                            'earlier acquisition')
+                        else:
+                            refusal = exceptions.CapacityError(
+                                f"source '{source.name}': waiting behind "
+                                'an earlier acquisition')
                 except exceptions.CapacityError as err:
                     refusal = err
+                if claims is not None:  # committed, ticket and all
+                    ticket = None
+                    return claims
                 if deadline is not None and time.monotonic() > deadline:
                     raise exceptions.CapacityError(
                         f'{refusal} (waited {wait:g}s)')
@@ -472,9 +473,14 @@ class Cache:
         if not scripts:
             return
 
+        mine: list[int] = []
+
         def started(pid: int) -> None:
+            # Recorded both for an interrupt (see _in_parallel) and, in
+            # the store, for whoever finds the work abandoned (gc).
             with self._lock:
                 self._hook_pids.add(pid)
+            mine.append(pid)
             op = dict(invocation.identity(),
                       hook=invocation.identity(pid))
             with self.store.transaction() as tx:
@@ -486,7 +492,7 @@ class Cache:
                       env=self.hook_env(), started=started)
         finally:
             with self._lock:
-                self._hook_pids.clear()
+                self._hook_pids.difference_update(mine)
 
     def _provision_leaf(self, claim: _Claim) -> None:
         inst = claim.instance
