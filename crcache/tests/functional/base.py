@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 
 import fixtures
 import testtools
@@ -185,6 +186,16 @@ class CLITestCase(testtools.TestCase):
         return ''.join(line + '\n' for line in sorted(
             lines, key=lambda line: line.split()[1].encode()))
 
+    def wait_for(self, predicate, timeout: float = 20,
+                 what: str = '') -> None:
+        """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                self.fail(f'timed out after {timeout}s waiting for '
+                          f'{what or predicate}')
+            time.sleep(0.02)
+
     def assertOneLineError(self, result: Result, *fragments: str) -> None:
         """An error a user can read: one line, no traceback, all facts."""
         self.assertNotEqual(0, result.returncode, str(result))
@@ -202,6 +213,35 @@ class CLITestCase(testtools.TestCase):
         return {row['source']: row for row in rows}
 
 
+def processes() -> list[tuple[int, str, int, int]]:
+    """(pid, state, parent pid, session id) of every process, from /proc."""
+    found = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f'/proc/{entry}/stat') as f:
+                # The command name may hold spaces: split after it.
+                fields = f.read().rsplit(')', 1)[1].split()
+            found.append((int(entry), fields[0], int(fields[1]),
+                          int(fields[3])))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def children(parent: int) -> list[int]:
+    """Live children of ``parent``."""
+    return [pid for pid, state, ppid, _ in processes()
+            if ppid == parent and state != 'Z']
+
+
+def session_members(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (a hook and what it started)."""
+    return [pid for pid, state, _, session in processes()
+            if session == sid and state != 'Z']
+
+
 def require_program(test: testtools.TestCase, path: str,
                     package: str) -> None:
     """Skip (or fail under CI=true) when a real server is missing."""
@@ -211,3 +251,38 @@ def require_program(test: testtools.TestCase, path: str,
     if os.environ.get('CI') == 'true':
         test.fail(message + ': CI must install it')
     test.skipTest(message)
+
+
+class HookTestCase(CLITestCase):
+    """A test with a marker directory and helpers to write hook scripts."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.marks = os.path.join(self.home, 'marks')
+        os.mkdir(self.marks)
+        self.log = os.path.join(self.marks, 'log')
+
+    def hook(self, source: str, kind: str, name: str, body: str,
+             mode: int = 0o755, root: str | None = None) -> str:
+        """Write ``<root>/sources/<source>/<kind>/<name>``; return its path.
+
+        ``body`` follows a ``#!/bin/sh`` line; ``{log}`` and ``{marks}``
+        in it are the test's log file and marker directory.
+        """
+        directory = os.path.join(root or self.config_root, 'sources',
+                                 source, kind)
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, name)
+        with open(path, 'w') as f:
+            f.write('#!/bin/sh\n'
+                    + body.format(log=self.log, marks=self.marks) + '\n')
+        os.chmod(path, mode)
+        return path
+
+    def logged(self) -> list[str]:
+        """The lines hooks appended to the log, in order."""
+        try:
+            with open(self.log) as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []

@@ -152,18 +152,8 @@ MaxSessions 50
         """Pids of the server's per-connection processes."""
         if self.proc is None:
             return []
-        pids = []
-        for entry in os.listdir('/proc'):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f'/proc/{entry}/stat') as f:
-                    fields = f.read().rsplit(')', 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == self.proc.pid and fields[0] != 'Z':
-                pids.append(int(entry))
-        return pids
+        from crcache.tests.functional import base
+        return base.children(self.proc.pid)
 
     def stop(self) -> None:
         """Stop the server and drop its connections, as a host going down.

@@ -6,7 +6,6 @@ import glob
 import os
 import signal
 import subprocess
-import time
 
 from crcache.tests.functional import base
 
@@ -47,13 +46,6 @@ class TestAgent(base.CLITestCase):
         for pid in self._agent_pids():
             os.kill(pid, signal.SIGTERM)
 
-    def _wait_for(self, predicate, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                self.fail(f'timed out waiting for {predicate}')
-            time.sleep(0.05)
-
     def _runner_of_command(self) -> str:
         # The command line of the process that ran the user's command.
         return self.crcache('run', self.name,
@@ -61,10 +53,10 @@ class TestAgent(base.CLITestCase):
 
     def test_first_command_starts_it_and_later_ones_use_it(self) -> None:
         self.name = self.crcache('acquire').stdout.strip()
-        self._wait_for(lambda: self._sockets())
+        self.wait_for(lambda: self._sockets())
         self.assertEqual(0o700, os.stat(os.path.dirname(
             self._sockets()[0])).st_mode & 0o777)
-        self._wait_for(lambda: 'crcache.agent' in self._runner_of_command())
+        self.wait_for(lambda: 'crcache.agent' in self._runner_of_command())
 
     def test_off_switch(self) -> None:
         self.env['CRCACHE_AGENT'] = '0'
@@ -74,7 +66,7 @@ class TestAgent(base.CLITestCase):
 
     def test_terminal_stdin_runs_directly(self) -> None:
         self.name = self.crcache('acquire').stdout.strip()
-        self._wait_for(lambda: self._sockets())
+        self.wait_for(lambda: self._sockets())
         _, output = self.in_terminal(
             'run', self.name, 'cat /proc/$PPID/cmdline | tr "\\0" " "')
         self.assertIn(b'bin/crcache run', output)
@@ -82,24 +74,24 @@ class TestAgent(base.CLITestCase):
     def test_idle_agent_exits(self) -> None:
         self.env['CRCACHE_AGENT_IDLE'] = '1'
         self.crcache('status')
-        self._wait_for(lambda: self._agent_pids())
-        self._wait_for(lambda: not self._agent_pids())
+        self.wait_for(lambda: self._agent_pids())
+        self.wait_for(lambda: not self._agent_pids())
         self.assertEqual([], self._sockets())
 
     def test_dead_agent_is_replaced(self) -> None:
         self.crcache('status')
-        self._wait_for(lambda: self._agent_pids())
+        self.wait_for(lambda: self._agent_pids())
         for pid in self._agent_pids():
             os.kill(pid, signal.SIGKILL)
-        self._wait_for(lambda: not self._agent_pids())
+        self.wait_for(lambda: not self._agent_pids())
         self.assertNotEqual([], self._sockets())  # left behind, stale
         self.assertIn('local', self.crcache('status').stdout)
         self.name = self.crcache('acquire').stdout.strip()
-        self._wait_for(lambda: 'crcache.agent' in self._runner_of_command())
+        self.wait_for(lambda: 'crcache.agent' in self._runner_of_command())
 
     def test_environment_directory_and_umask_follow_the_client(self) -> None:
         self.name = self.crcache('acquire').stdout.strip()
-        self._wait_for(lambda: 'crcache.agent' in self._runner_of_command())
+        self.wait_for(lambda: 'crcache.agent' in self._runner_of_command())
         sub = os.path.join(self.project, 'sub')
         os.mkdir(sub)
         old = os.umask(0o027)
@@ -112,19 +104,19 @@ class TestAgent(base.CLITestCase):
 
     def test_killed_client_takes_its_worker_along(self) -> None:
         self.name = self.crcache('acquire').stdout.strip()
-        self._wait_for(lambda: 'crcache.agent' in self._runner_of_command())
+        self.wait_for(lambda: 'crcache.agent' in self._runner_of_command())
         proc = self.start('run', self.name, 'echo $PPID; exec sleep 20')
         worker = int(proc.stdout.readline())
         self.assertIn('crcache.agent', _cmdline(worker))
         proc.kill()
         proc.wait()
-        self._wait_for(lambda: not _alive(worker))
+        self.wait_for(lambda: not _alive(worker))
         # The agent itself carries on.
         self.assertIn('crcache.agent', self._runner_of_command())
 
     def test_worker_killed_by_signal_kills_the_client_alike(self) -> None:
         self.name = self.crcache('acquire').stdout.strip()
-        self._wait_for(lambda: 'crcache.agent' in self._runner_of_command())
+        self.wait_for(lambda: 'crcache.agent' in self._runner_of_command())
         proc = self.start('run', self.name, 'echo $PPID; exec sleep 20')
         worker = int(proc.stdout.readline())
         os.kill(worker, signal.SIGKILL)

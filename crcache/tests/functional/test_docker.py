@@ -103,14 +103,6 @@ class DockerTestCase(base.CLITestCase):
     def gc(self, *args: str) -> list[dict]:
         return json.loads(self.crcache('gc', '-f', 'json', *args).stdout)
 
-    def wait_for(self, predicate, timeout: float = 20,
-                 what: str = '') -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                self.fail(f'timed out after {timeout}s waiting for '
-                          f'{what or predicate}')
-            time.sleep(0.05)
 
     def running(self, container_id: str) -> bool:
         import docker.errors

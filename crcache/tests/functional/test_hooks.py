@@ -15,39 +15,8 @@ import os
 from crcache.tests.functional import base
 
 
-class HookTestCase(base.CLITestCase):
-    """A test with a marker directory and helpers to write hooks."""
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.marks = os.path.join(self.home, 'marks')
-        os.mkdir(self.marks)
-        self.log = os.path.join(self.marks, 'log')
-
-    def hook(self, source: str, kind: str, name: str, body: str,
-             mode: int = 0o755, root: str | None = None) -> str:
-        """Write ``<root>/sources/<source>/<kind>/<name>``; return its path.
-
-        ``body`` follows a ``#!/bin/sh`` line; ``{log}`` and ``{marks}``
-        in it are the test's log file and marker directory.
-        """
-        directory = os.path.join(root or self.config_root, 'sources',
-                                 source, kind)
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, name)
-        with open(path, 'w') as f:
-            f.write('#!/bin/sh\n'
-                    + body.format(log=self.log, marks=self.marks) + '\n')
-        os.chmod(path, mode)
-        return path
-
-    def logged(self) -> list[str]:
-        """The lines hooks appended to the log, in order."""
-        try:
-            with open(self.log) as f:
-                return f.read().splitlines()
-        except FileNotFoundError:
-            return []
+class HookTestCase(base.HookTestCase):
+    """Hook tests: the shared script writers, and what is left live."""
 
     def instances(self) -> list[dict]:
         """``status -v -f json``: every instance, whatever its state."""

@@ -36,25 +36,9 @@ def parent_of(pid: int) -> int:
         return int(f.read().rsplit(')', 1)[1].split()[1])
 
 
-def session_members(sid: int) -> list[int]:
-    """Live processes of the session ``sid`` (a hook and its children)."""
-    found = []
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f'/proc/{entry}/stat') as f:
-                fields = f.read().rsplit(')', 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[3]) == sid and fields[0] != 'Z':
-            found.append(int(entry))
-    return found
-
-
 def kill_session(sid: int) -> None:
     """Stop whatever is left of a hook's session (test cleanup)."""
-    for pid in session_members(sid):
+    for pid in base.session_members(sid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -97,24 +81,8 @@ class StderrLines:
             return self.text
 
 
-class LifecycleTestCase(base.CLITestCase):
-    """A test with a marker directory and helpers to write hooks."""
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.marks = os.path.join(self.home, 'marks')
-        os.mkdir(self.marks)
-        self.log = os.path.join(self.marks, 'log')
-
-    def hook(self, source: str, kind: str, name: str, body: str) -> None:
-        """An executable ``#!/bin/sh`` hook; ``{log}``, ``{marks}`` filled."""
-        directory = os.path.join(self.config_root, 'sources', source, kind)
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, name)
-        with open(path, 'w') as f:
-            f.write('#!/bin/sh\n'
-                    + body.format(log=self.log, marks=self.marks) + '\n')
-        os.chmod(path, 0o755)
+class LifecycleTestCase(base.HookTestCase):
+    """Lifecycle tests: hooks that log and mark, and ways to wait."""
 
     def log_hooks(self, source: str) -> None:
         """provision.d and discard.d scripts that log each run."""
@@ -123,12 +91,6 @@ class LifecycleTestCase(base.CLITestCase):
         self.hook(source, 'discard.d', '10-log',
                   'echo "discard $1" >> {log}')
 
-    def logged(self) -> list[str]:
-        try:
-            with open(self.log) as f:
-                return f.read().splitlines()
-        except FileNotFoundError:
-            return []
 
     def json(self, *args: str) -> list[dict]:
         return json.loads(self.crcache(*args, '-f', 'json').stdout)
@@ -150,14 +112,6 @@ class LifecycleTestCase(base.CLITestCase):
             self.assertEqual((0, 0), (row['cached'], row['in-use']),
                              source)
 
-    def wait_until(self, predicate, timeout: float = 15,
-                   what: str = '') -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                self.fail(f'timed out after {timeout}s waiting for '
-                          f'{what or predicate}')
-            time.sleep(0.02)
 
 
 class TestFill(LifecycleTestCase):
@@ -517,7 +471,7 @@ class CrashMixin:
         the agent's worker for it (the hook's parent either way).
         """
         proc = self.start(*args)
-        self.wait_until(lambda: os.path.exists(self.pid_file),
+        self.wait_for(lambda: os.path.exists(self.pid_file),
                         what='the hook to start')
         with open(self.pid_file) as f:
             hook = int(f.read())
@@ -525,7 +479,7 @@ class CrashMixin:
         worker = parent_of(hook)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        self.wait_until(lambda: not alive(worker),
+        self.wait_for(lambda: not alive(worker),
                         what='the killed crcache to go')
         return worker, hook
 
@@ -538,8 +492,8 @@ class CrashMixin:
         self.assertIn(f'pid {worker}', row['reason'])
         self.assertIn('exited', row['reason'])
         # The hook is gone, with everything it started.
-        self.wait_until(lambda: not alive(hook), 3, 'the hook to go')
-        self.wait_until(lambda: not session_members(hook), 3,
+        self.wait_for(lambda: not alive(hook), 3, 'the hook to go')
+        self.wait_for(lambda: not base.session_members(hook), 3,
                         "the hook's children to go")
         self.assertNothingLive()
         self.assertEqual([], self.gc())
@@ -587,7 +541,7 @@ class CrashMixin:
                           provision_timeout=1)
         self.hang_in('provision.d')
         proc = self.start('acquire', '-s', 'box')
-        self.wait_until(lambda: os.path.exists(self.pid_file),
+        self.wait_for(lambda: os.path.exists(self.pid_file),
                         what='the hook to start')
         with open(self.pid_file) as f:
             hook = int(f.read())
@@ -600,7 +554,7 @@ class CrashMixin:
         self.assertNotEqual(0, proc.wait(10))
         self.assertEqual(b'', proc.stdout.read())
         self.assertIn(b'provision.d/20-hang', proc.stderr.read())
-        self.wait_until(lambda: not session_members(hook), 5,
+        self.wait_for(lambda: not base.session_members(hook), 5,
                         'the hook and its children to go')
         self.assertNothingLive()
         self.assertEqual(['provision.d box-0', 'discard box-0'],

@@ -31,18 +31,6 @@ def fingerprint(public_key_path: str) -> str:
     return out.split()[1]
 
 
-def _children(parent: int) -> list[int]:
-    pids = []
-    for entry in os.listdir('/proc'):
-        try:
-            with open(f'/proc/{entry}/stat') as f:
-                if int(f.read().rsplit(')', 1)[1].split()[1]) == parent:
-                    pids.append(int(entry))
-        except (OSError, ValueError, IndexError):
-            continue
-    return pids
-
-
 def _mode(path: str) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
@@ -96,14 +84,6 @@ class SSHTestCase(base.CLITestCase):
             except ProcessLookupError:
                 pass
 
-    def wait_for(self, predicate, timeout: float = 20,
-                 what: str = '') -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                self.fail(f'timed out after {timeout}s waiting for '
-                          f'{what or predicate}')
-            time.sleep(0.05)
 
     def in_terminal_within(self, timeout: float, *args: str,
                            input: bytes) -> tuple[int, bytes]:
@@ -117,7 +97,7 @@ class SSHTestCase(base.CLITestCase):
         def watchdog() -> None:
             if done.wait(timeout):
                 return
-            for pid in _children(os.getpid()):
+            for pid in base.children(os.getpid()):
                 try:
                     with open(f'/proc/{pid}/cmdline', 'rb') as f:
                         if base.CRCACHE.encode() in f.read():
