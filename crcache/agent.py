@@ -70,6 +70,7 @@ class Agent:
         self.idle = idle
         self.listener: socket.socket | None = None
         self.workers: dict[int, socket.socket] = {}
+        self._gone: set[socket.socket] = set()
         self._wake_r, self._wake_w = os.pipe()
 
     # -- lifecycle ---------------------------------------------------------
@@ -104,7 +105,8 @@ class Agent:
                 if not self._still_ours():
                     return
                 watched = [self.listener, self._wake_r,
-                           *self.workers.values()]
+                           *(c for c in self.workers.values()
+                             if c not in self._gone)]
                 ready, _, _ = select.select(watched, [], [],
                                             max(timeout, 0.01))
                 for item in ready:
@@ -208,6 +210,7 @@ class Agent:
             conn = self.workers.pop(pid, None)
             if conn is None:
                 continue
+            self._gone.discard(conn)
             if os.WIFSIGNALED(status):
                 self._send(conn, 'signal', os.WTERMSIG(status))
             else:
@@ -218,6 +221,7 @@ class Agent:
         # A client never writes after its request, so readable means it
         # went away (killed): the worker dies with it, as it would have
         # in a direct invocation.
+        self._gone.add(conn)  # stop watching it: it stays readable
         for pid, worker_conn in list(self.workers.items()):
             if worker_conn is conn:
                 with contextlib.suppress(ProcessLookupError):
