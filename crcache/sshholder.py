@@ -194,9 +194,9 @@ class Holder:
 
     def serve(self) -> None:
         from crcache import sshconn
-        self.conn = sshconn.Connection(
-            sshconn.resolve(self.settings)).open()
+        self.conn = sshconn.Connection(sshconn.resolve(self.settings))
         try:
+            self.conn.open()
             while self._wanted():
                 try:
                     client, _ = self.listener.accept()
