@@ -850,8 +850,7 @@ class Cache:
         ``$FILES``). Instances of this machine need nothing.
         """
         leaf, source = self.resolve(name)
-        from crcache.sources import local
-        if isinstance(source, local.LocalSource):
+        if source.shares_filesystem:
             return
         for path in files:
             path = os.path.abspath(path)

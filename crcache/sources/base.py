@@ -100,6 +100,9 @@ class BackendSource(Source):
     #: A name unique to the state store, set by the cache, for backends
     #: that label what they make so that leaks can be found later.
     owner: str = ''
+    #: Whether instances see this machine's files at the same paths (so
+    #: ``run --files`` has nothing to copy).
+    shares_filesystem: ClassVar[bool] = False
 
     @abc.abstractmethod
     def provision(self, names: list[str]) -> dict[str, Ref]:

@@ -19,6 +19,7 @@ class LocalSource(base.BackendSource):
 
     opts: list = []
     default_maximum = 1
+    shares_filesystem = True
 
     def provision(self, names: list[str]) -> dict[str, base.Ref]:
         # Nothing to create: the machine is already there.
