@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
-import marshal
 import os
 import select
 import signal
@@ -29,6 +28,7 @@ import sys
 import time
 
 from crcache import agentclient
+from crcache import daemon
 
 DEFAULT_IDLE = 120.0
 #: Modules every command may need; optional ones may be missing.
@@ -77,7 +77,6 @@ class Agent:
 
     def bind(self) -> bool:
         """Listen on the socket; False if another agent already does."""
-        from crcache import daemon
         self.listener = daemon.claim(self.path)
         if self.listener is None:
             return False
@@ -122,7 +121,6 @@ class Agent:
             self.close()
 
     def _still_ours(self) -> bool:
-        from crcache import daemon
         return daemon.still_ours(self.path, self._inode)
 
     def close(self) -> None:
@@ -169,25 +167,14 @@ class Agent:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                 struct.calcsize('3i'))
         _, uid, _ = struct.unpack('3i', creds)
-        msg, ancdata, _, _ = conn.recvmsg(
-            65536, socket.CMSG_SPACE(3 * struct.calcsize('i')))
-        fds: list[int] = []
-        for level, kind, data in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                usable = len(data) - len(data) % 4
-                fds.extend(struct.unpack(f'{usable // 4}i', data[:usable]))
-        if uid != os.getuid() or len(fds) != 3 or len(msg) < 4:
+        try:
+            request, fds = daemon.receive_message(conn, with_fds=3)
+        except (ValueError, EOFError, OSError):
+            raise PermissionError('refused request')
+        if uid != os.getuid() or len(fds) != 3:
             for fd in fds:
                 os.close(fd)
             raise PermissionError('refused request')
-        size = int.from_bytes(msg[:4], 'big')
-        body = msg[4:]
-        while len(body) < size:
-            chunk = conn.recv(size - len(body))
-            if not chunk:
-                raise EOFError
-            body += chunk
-        request = marshal.loads(body)
         if request[0] != agentclient.PROTOCOL:
             raise ValueError('protocol mismatch')
         conn.settimeout(None)
@@ -195,9 +182,8 @@ class Agent:
 
     @staticmethod
     def _send(conn: socket.socket, kind: str, value: object) -> None:
-        data = marshal.dumps((kind, value))
         with contextlib.suppress(OSError):
-            conn.sendall(len(data).to_bytes(4, 'big') + data)
+            daemon.send_message(conn, (kind, value))
 
     def _reap(self) -> None:
         while self.workers:

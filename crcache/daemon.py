@@ -110,3 +110,59 @@ def still_ours(path: str, inode: int) -> bool:
         return os.stat(path).st_ino == inode
     except OSError:
         return False
+
+
+# Messages between crcache processes on these sockets: a 4-byte length,
+# then marshal data (both ends run the same interpreter); descriptors
+# ride along as SCM_RIGHTS on the first byte. (The agent's client frames
+# its side by hand, with builtin modules only.)
+
+def send_message(sock, message: object, fds: list[int] | None = None
+                 ) -> None:
+    """Send one message, with ``fds`` attached if given."""
+    import marshal
+    import socket
+    import struct
+    data = marshal.dumps(message)
+    payload = len(data).to_bytes(4, 'big') + data
+    if fds:
+        sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                  struct.pack(f'{len(fds)}i', *fds))])
+    else:
+        sock.sendall(payload)
+
+
+def receive_message(sock, with_fds: int = 0) -> tuple[object, list[int]]:
+    """Receive one message and the descriptors (up to ``with_fds``) sent
+    with it. Raises EOFError if the peer hangs up first."""
+    import marshal
+    import socket
+    import struct
+    fds: list[int] = []
+    if with_fds:
+        data, ancdata, _, _ = sock.recvmsg(
+            65536, socket.CMSG_SPACE(with_fds * 4))
+        for level, kind, blob in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                usable = len(blob) - len(blob) % 4
+                fds.extend(struct.unpack(f'{usable // 4}i', blob[:usable]))
+    else:
+        data = b''
+    try:
+        data = _fill(sock, data, 4)
+        size = int.from_bytes(data[:4], 'big')
+        body = _fill(sock, data[4:], size)
+        return marshal.loads(body), fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def _fill(sock, data: bytes, size: int) -> bytes:
+    while len(data) < size:
+        more = sock.recv(size - len(data))
+        if not more:
+            raise EOFError
+        data += more
+    return data

@@ -21,7 +21,6 @@ The client half of this module imports no paramiko.
 from __future__ import annotations
 
 import contextlib
-import marshal
 import os
 import socket
 import struct
@@ -31,6 +30,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from crcache import agentclient
+from crcache import daemon
 
 if TYPE_CHECKING:
     from crcache.sources.ssh import Settings
@@ -46,40 +46,12 @@ def socket_path(settings: 'Settings') -> str:
 
 def _send(sock: socket.socket, message: Any,
           fds: list[int] | None = None) -> None:
-    data = marshal.dumps(message)
-    payload = len(data).to_bytes(4, 'big') + data
-    if fds:
-        sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                  struct.pack(f'{len(fds)}i', *fds))])
-    else:
-        sock.sendall(payload)
+    daemon.send_message(sock, message, fds)
 
 
 def _recv(sock: socket.socket, with_fds: int = 0
           ) -> tuple[Any, list[int]]:
-    fds: list[int] = []
-    if with_fds:
-        data, ancdata, _, _ = sock.recvmsg(
-            65536, socket.CMSG_SPACE(with_fds * 4))
-        for level, kind, blob in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                usable = len(blob) - len(blob) % 4
-                fds.extend(struct.unpack(f'{usable // 4}i', blob[:usable]))
-    else:
-        data = sock.recv(4)
-    while len(data) < 4:
-        more = sock.recv(4 - len(data))
-        if not more:
-            raise EOFError
-        data += more
-    size = int.from_bytes(data[:4], 'big')
-    body = data[4:]
-    while len(body) < size:
-        more = sock.recv(size - len(body))
-        if not more:
-            raise EOFError
-        body += more
-    return marshal.loads(body), fds
+    return daemon.receive_message(sock, with_fds)
 
 
 # -- the client side ---------------------------------------------------------
@@ -184,7 +156,6 @@ class Holder:
 
     def bind(self) -> bool:
         """Listen on the socket; False if a live holder already does."""
-        from crcache import daemon
         self.listener = daemon.claim(self.path, backlog=64)
         if self.listener is None:
             return False
@@ -207,7 +178,6 @@ class Holder:
                 threading.Thread(target=self._handle, args=(client,),
                                  daemon=True).start()
         finally:
-            from crcache import daemon
             if daemon.still_ours(self.path, self.inode):
                 with contextlib.suppress(OSError):
                     os.unlink(self.path)
@@ -218,7 +188,6 @@ class Holder:
         transport = self.conn.transport
         if transport is None or not transport.is_active():
             return False
-        from crcache import daemon
         if not daemon.still_ours(self.path, self.inode):
             return False
         with self.lock:
