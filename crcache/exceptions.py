@@ -80,6 +80,30 @@ class CopyError(CrcacheError):
     """A copy could not be made; nothing was written past the fault."""
 
 
+class InstancePathError(CopyError):
+    """A path on an instance is missing, refused or cannot be written.
+
+    Drivers and the shared copy code raise it with the path as the user
+    gave it; the cache layer, which knows the instance's name, adds it
+    (:meth:`on`), so the user reads ``INSTANCE:PATH: reason`` exactly as
+    they wrote the location.
+    """
+
+    def __init__(self, path: str, reason: str,
+                 instance: str | None = None) -> None:
+        self.path = path
+        self.reason = reason
+        self.instance = instance
+        where = f'{instance}:{path}' if instance else path
+        super().__init__(f'{where}: {reason}')
+
+    def on(self, instance: str) -> 'InstancePathError':
+        """The same error, naming the instance the path is on."""
+        if self.instance:
+            return self
+        return InstancePathError(self.path, self.reason, instance)
+
+
 class PartialFailure(CrcacheError):
     """Some items of a multi-item operation failed; the others were done."""
 
