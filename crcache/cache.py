@@ -15,6 +15,7 @@ responsible; :mod:`crcache.gc` finishes or undoes such work.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import getpass
 import logging
@@ -23,7 +24,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from crcache import exceptions
@@ -836,12 +837,15 @@ class Cache:
             return
         if src_name is not None:
             leaf, source = self.resolve(src_name)
-            self._call(source, f'copying from {src_name}', source.copy_out,
-                       leaf.ref or {}, src_path, dst_path, recursive)
+            with _naming(src_name):
+                self._call(source, f'copying from {src_name}',
+                           source.copy_out, leaf.ref or {}, src_path,
+                           dst_path, recursive)
         else:
             leaf, source = self.resolve(dst_name)
-            self._call(source, f'copying to {dst_name}', source.copy_in,
-                       leaf.ref or {}, src_path, dst_path, recursive)
+            with _naming(dst_name):
+                self._call(source, f'copying to {dst_name}', source.copy_in,
+                           leaf.ref or {}, src_path, dst_path, recursive)
 
     def place_files(self, name: str, files: Iterable[str]) -> None:
         """Make local files exist at the same absolute paths on an instance.
@@ -871,14 +875,25 @@ class Cache:
         staging = tempfile.mkdtemp(prefix='crcache-cp.')
         try:
             os.chmod(staging, 0o700)
-            src_source.copy_out(src_leaf.ref or {}, src_path, staging,
-                                recursive)
+            with _naming(src_name):
+                src_source.copy_out(src_leaf.ref or {}, src_path, staging,
+                                    recursive)
             base_name = os.path.basename(src_path.rstrip('/')) or src_path
-            dst_source.copy_in(dst_leaf.ref or {},
-                               os.path.join(staging, base_name), dst_path,
-                               recursive)
+            with _naming(dst_name):
+                dst_source.copy_in(dst_leaf.ref or {},
+                                   os.path.join(staging, base_name),
+                                   dst_path, recursive)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _naming(instance: str) -> Iterator[None]:
+    """Name the instance in errors about paths on it (``INSTANCE:PATH``)."""
+    try:
+        yield
+    except exceptions.InstancePathError as err:
+        raise err.on(instance) from None
 
 
 def split_location(arg: str) -> tuple[str | None, str]:
