@@ -92,10 +92,24 @@ COMMON_OPTS = [
     cfg.Opt(
         'provision_timeout',
         type=Duration(),
-        default=3600,
-        help='An instance still provisioning after this long (a duration) '
-             'is taken to be abandoned and is discarded by crcache gc, '
-             'whether or not the process that started it still runs.'),
+        default=600,
+        help='The most time provision.d may take for one instance (a '
+             'duration: 90, 90s, 15m, 2h or 1d; 0 for no limit). A script '
+             'still running then is stopped with its whole process group '
+             'and the instance is undone. An instance still provisioning '
+             'after twice this long is taken to be abandoned and is '
+             'discarded by crcache gc, even if the process that started '
+             'it still runs.'),
+    cfg.Opt(
+        'discard_timeout',
+        type=Duration(),
+        default=120,
+        help='The most time discard.d may take for one instance (a '
+             'duration; 0 for no limit). A script still running then is '
+             'stopped with its whole process group and the instance is '
+             'discarded anyway. An instance still being discarded after '
+             'twice this long is taken to be abandoned and is discarded '
+             'again by crcache gc.'),
 ]
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from crcache.tests.functional import base
+from crcache.tests.functional import sshd
 
 
 class HookTestCase(base.HookTestCase):
@@ -136,6 +138,46 @@ class TestHookOutput(HookTestCase):
         result = self.crcache('acquire', '-s', 'box', '-f', 'json')
         self.assertEqual(['box-2'], [row['name'] for row in
                                      json.loads(result.stdout)])
+
+
+    def test_background_child_holding_the_output(self) -> None:
+        # A script that leaves a child with its output open: acquire
+        # waits for the script, not for the child.
+        self.write_source('box', type='local', maximum=1)
+        self.hook('box', 'provision.d', '10-daemon',
+                  'sleep 60 &\necho $! > {marks}/child.pid\necho started')
+        started = time.monotonic()
+        result = self.crcache('acquire', '-s', 'box')
+        with open(os.path.join(self.marks, 'child.pid')) as f:
+            child = int(f.read())
+        self.addCleanup(_kill, child)
+        self.assertLess(time.monotonic() - started, 10, str(result))
+        self.assertEqual('box-0\n', result.stdout)
+        self.assertIn('started\n', result.stderr)
+        self.assertTrue(sshd.alive(child), 'the child was not to be killed')
+
+    def test_skipped_scripts_are_reported_once(self) -> None:
+        self.write_source('box', type='local', maximum=2)
+        self.hook('box', 'provision.d', '10-setup.sh',
+                  'echo "dotted $1" >> {log}')
+        self.hook('box', 'provision.d', '20-plain',
+                  'echo "plain $1" >> {log}', mode=0o644)
+        self.hook('box', 'provision.d', '30-ok', 'echo "ok $1" >> {log}')
+        self.hook('box', 'provision.d', '.hidden', 'echo hidden >> {log}')
+        result = self.crcache('acquire', '-s', 'box', '-n', '2')
+        self.assertEqual([
+            "crcache: skipping provision.d/10-setup.sh: names with '.' "
+            'are ignored, as run-parts does',
+            'crcache: skipping provision.d/20-plain: not executable'],
+            result.stderr.splitlines())
+        self.assertEqual(['ok box-0', 'ok box-1'], sorted(self.logged()))
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        pass
 
 
 class NestedMixin:
