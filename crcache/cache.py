@@ -39,7 +39,7 @@ from crcache.store.base import CACHED, DISCARDING, IN_USE, PROVISIONING
 LOG = logging.getLogger(__name__)
 
 #: Instance names are ``<source>-<n>``; anything else is refused up front.
-INSTANCE_NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$')
+INSTANCE_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,80}\Z')
 #: How long the garbage collection an acquire starts with may take.
 AUTO_GC_BUDGET = 2.0
 #: Most instances provisioned at once.
@@ -54,6 +54,11 @@ def check_instance_name(name: str) -> str:
             f'invalid instance name {name!r}: instance names are '
             '<source>-<number> (letters, digits, ".", "_", "-")')
     return name
+
+
+def work_record() -> dict[str, Any]:
+    """The ``op`` of a row this process starts working on, from now."""
+    return dict(invocation.identity(), since=time.time())
 
 
 def current_holder() -> dict[str, Any]:
@@ -82,6 +87,8 @@ class SourceStatus:
     maximum: int | None
     reserve: int | None
     children: list[str]
+    #: Why the source cannot be used (its configuration error), if so.
+    error: str | None = None
     cached: int = 0
     in_use: int = 0
     provisioning: int = 0
@@ -113,6 +120,10 @@ class _Claim:
             yield from self.child.walk()
 
 
+def _warn(message: str) -> None:
+    LOG.warning('%s', message)
+
+
 def _taken_over(inst: store_base.Instance) -> bool:
     """Whether another process (crcache gc) is discarding the instance."""
     return (inst.state == DISCARDING
@@ -135,12 +146,14 @@ class Cache:
         self.config = config
         self.store = store
         self.progress = progress or (lambda message: None)
-        for name in config.names():
+        for name in config.usable_names():
             source = config.source(name)
             if isinstance(source, base.BackendSource):
                 source.owner = store.store_id
         self._hook_pids: set[int] = set()
         self._lock = threading.Lock()
+        if hasattr(store, 'on_wait'):
+            store.on_wait = self.progress
 
     # -- queries -----------------------------------------------------------
 
@@ -150,9 +163,12 @@ class Cache:
         with self.store.reading() as tx:
             instances = tx.instances()
         wanted = list(names) if names else None
+        known = {inst.source for inst in instances}
         if wanted:
             for name in wanted:
-                self.config.source(name)
+                if (name not in self.config.definitions
+                        and name not in known):
+                    self.config.source(name)  # raises UnknownSource
             selected = wanted
         else:
             selected = list(self.config.names())
@@ -164,7 +180,7 @@ class Cache:
                     selected.append(inst.source)
         result = {}
         for name in selected:
-            if name in self.config.definitions:
+            if self.config.usable(name):
                 source = self.config.source(name)
                 children = (source.children
                             if isinstance(source, base.LayeredSource)
@@ -172,14 +188,26 @@ class Cache:
                 result[name] = SourceStatus(
                     name, source.conf.type, source.maximum, source.reserve,
                     children)
+            elif name in self.config.errors:
+                result[name] = SourceStatus(
+                    name, None, None, None, [],
+                    error=str(self.config.errors[name]))
             else:
-                result[name] = SourceStatus(name, None, None, None, [])
+                result[name] = SourceStatus(
+                    name, None, None, None, [],
+                    error=f"source '{name}' is no longer configured")
         field = {CACHED: 'cached', IN_USE: 'in_use',
                  PROVISIONING: 'provisioning', DISCARDING: 'discarding'}
         for inst in instances:
             status = result.get(inst.source)
-            if status is not None:
-                attr = field[inst.state]
+            if status is None:
+                continue
+            if inst.problem:
+                LOG.warning('%s; it counts against the maximum of %s until '
+                            'crcache gc discards it', inst.problem,
+                            inst.source)
+            attr = field.get(inst.state)
+            if attr is not None:
                 setattr(status, attr, getattr(status, attr) + 1)
         return list(result.values())
 
@@ -245,7 +273,7 @@ class Cache:
     def _auto_gc(self) -> None:
         from crcache import gc
         try:
-            gc.collect(self, budget=AUTO_GC_BUDGET)
+            gc.collect_before_acquire(self, AUTO_GC_BUDGET, self.progress)
         except exceptions.CrcacheError as err:
             LOG.warning('garbage collection before acquiring: %s', err)
 
@@ -369,7 +397,7 @@ class Cache:
         inst = store_base.Instance(
             name=f'{source.name}-{seq}', source=source.name, seq=seq,
             state=PROVISIONING, parent=parent, holder=holder,
-            op=invocation.identity())
+            op=work_record())
         tx.add(inst)
         claim = _Claim(inst, reused=False)
         if isinstance(source, base.LayeredSource):
@@ -439,7 +467,7 @@ class Cache:
                       'answer; discarding it and taking another')
         with self.store.transaction() as tx:
             tx.update(claim.instance.name, state=DISCARDING,
-                      op=invocation.identity())
+                      op=work_record())
         self._discard(claim.instance, force=True)
         owner = self.config.source(claim.instance.source)
         avoid = avoid | {leaf.source}
@@ -464,15 +492,22 @@ class Cache:
     def hook_env(self) -> dict[str, str]:
         """The environment hooks run in: a nested crcache sees our world."""
         env = dict(os.environ)
-        env[paths.CONFIG_PATH_ENV] = ':'.join(self.config.roots)
+        env[paths.CONFIG_PATH_ENV] = ':'.join(
+            root for root in self.config.roots if os.path.isdir(root))
         env['XDG_CACHE_HOME'] = os.path.dirname(paths.cache_dir())
         return env
 
     def _run_hooks(self, inst: store_base.Instance, kind: str) -> None:
+        if not self.config.usable(inst.source):
+            return  # its timeouts are unknown; gc --forget is the way
         definition = self.config.definitions.get(inst.source)
-        scripts = hooks.scripts(definition and definition.directory, kind)
+        scripts = hooks.scripts(definition and definition.directory, kind,
+                                report=_warn)
         if not scripts:
             return
+        conf = self.config.source(inst.source).conf
+        key = ('provision_timeout' if kind == hooks.PROVISION
+               else 'discard_timeout')
 
         mine: list[int] = []
 
@@ -482,15 +517,20 @@ class Cache:
             with self._lock:
                 self._hook_pids.add(pid)
             mine.append(pid)
-            op = dict(invocation.identity(),
-                      hook=invocation.identity(pid))
             with self.store.transaction() as tx:
-                if tx.get(inst.name) is not None:
+                current = tx.get(inst.name)
+                if current is not None:
+                    op = dict(current.op or work_record(),
+                              hook=dict(invocation.identity(pid),
+                                        script=os.path.relpath(
+                                            scripts[len(mine) - 1],
+                                            definition.directory)))
                     tx.update(inst.name, op=op)
 
         try:
             hooks.run(scripts, instance=inst.name, source=inst.source,
-                      env=self.hook_env(), started=started)
+                      env=self.hook_env(), started=started,
+                      timeout=getattr(conf, key), timeout_key=key)
         finally:
             with self._lock:
                 self._hook_pids.difference_update(mine)
@@ -621,7 +661,7 @@ class Cache:
                                   parent=None, lease_expires=None)
                         continue
                     tx.update(inst.name, state=DISCARDING,
-                              op=invocation.identity())
+                              op=work_record())
                     inst = current
                 unmade = inst.ref is None and not inst.child
                 try:
@@ -650,7 +690,8 @@ class Cache:
         after every other instance was tried.
         """
         names = list(names) if names else [
-            n for n in self.config.names() if self.config.source(n).reserve]
+            n for n in self.config.usable_names()
+            if self.config.source(n).reserve]
         sources = [self.config.source(n) for n in names]
         claims: list[_Claim] = []
         with self.store.transaction() as tx:
@@ -712,7 +753,7 @@ class Cache:
     def _keep(self, tx: store_base.Transaction,
               inst: store_base.Instance) -> bool:
         """Whether a released instance stays cached, per ``reserve``."""
-        if inst.source not in self.config.definitions:
+        if not self.config.usable(inst.source):
             return False
         reserve = self.config.source(inst.source).reserve
         # Instances already being discarded are on their way out.
@@ -730,11 +771,47 @@ class Cache:
                     f"instance '{name}' is held by pool instance "
                     f"'{inst.parent}'; release '{inst.parent}' instead")
             keep = self._keep(tx, inst)
+            orphan = not keep and not self._dischargeable(tx, inst)
             tx.update(name, state=CACHED if keep else DISCARDING,
                       holder=None, lease_expires=None,
-                      op=None if keep else invocation.identity())
+                      op=None if keep or orphan else work_record())
+        if orphan:
+            # Nothing here can reach its backend; gc finishes the job
+            # once the source is configured again, or --forget drops it.
+            LOG.warning(
+                '%s: %s, so its backend resource cannot be discarded '
+                'now; crcache gc discards it once the source is fixed, '
+                "or 'crcache gc --forget %s' forgets it", name,
+                self.unusable_reason(inst.source), inst.source)
+            return
         if not keep:
             self._discard(inst)
+
+    def unusable_reason(self, source: str) -> str:
+        """Why instances of ``source`` cannot be handled by its driver."""
+        if source in self.config.errors:
+            return (f"source '{source}' has a configuration error "
+                    f'({self.config.errors[source]})')
+        return f"source '{source}' is no longer configured"
+
+    def _dischargeable(self, tx: store_base.Transaction,
+                       inst: store_base.Instance) -> bool:
+        """Whether this process can discard ``inst`` (and what it wraps)."""
+        if not self.config.usable(inst.source):
+            return False
+        if inst.child:
+            child = tx.get(inst.child)
+            if child is not None and child.parent == inst.name:
+                return self._dischargeable(tx, child)
+        return True
+
+    def discard(self, inst: store_base.Instance, force: bool = False
+                ) -> None:
+        """Destroy an instance this process has marked ``discarding``.
+
+        For crcache gc, which takes rows over first; see :meth:`_discard`.
+        """
+        self._discard(inst, force=force)
 
     def _discard(self, inst: store_base.Instance, force: bool = False,
                  children: bool = True) -> None:
@@ -763,17 +840,17 @@ class Cache:
                               state=CACHED if keep_child else DISCARDING,
                               parent=None,
                               op=None if keep_child
-                              else invocation.identity())
+                              else work_record())
                 elif child is not None and child.parent == inst.name:
                     tx.update(child.name, parent=None)
                 tx.delete(inst.name)
             if mine and not keep_child:
                 self._discard(child, force=force)
             return
-        if inst.source not in self.config.definitions:
+        if not self.config.usable(inst.source):
             raise exceptions.SourceError(
-                inst.source, f'cannot discard {inst.name}: the source is no '
-                'longer configured')
+                inst.source, f'cannot discard {inst.name}: '
+                + self.unusable_reason(inst.source))
         source = self.config.source(inst.source)
         if isinstance(source, base.BackendSource):
             self._call(source, f'discarding {inst.name}', source.discard,

@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import os
 import re
+import stat
 from collections.abc import Mapping
 
 from oslo_config import cfg
@@ -29,7 +30,7 @@ from crcache.sources import base
 SOURCES_NAMESPACE = 'crcache.sources'
 SOURCE_CONF = 'source.conf'
 #: Source names become instance names, directory names and shell words.
-SOURCE_NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$')
+SOURCE_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z')
 IMPLICIT_LOCAL = 'local'
 
 
@@ -88,6 +89,15 @@ def driver_class(type_name: str, path: str) -> type[base.Source]:
 
 
 def _read_ini(path: str) -> dict[str, dict[str, list[str]]]:
+    # Opening a FIFO would wait for a writer for ever: look first.
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise exceptions.ConfigError(
+            path, f'cannot read: {err.strerror or err}')
+    if not stat.S_ISREG(st.st_mode):
+        raise exceptions.ConfigError(
+            path, f'not a regular file (it is {_kind(st.st_mode)})')
     sections: dict[str, dict[str, list[str]]] = {}
     parser = cfg.ConfigParser(path, sections)
     try:
@@ -105,6 +115,18 @@ def _read_ini(path: str) -> dict[str, dict[str, list[str]]]:
     return sections
 
 
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return 'a directory'
+    if stat.S_ISFIFO(mode):
+        return 'a named pipe'
+    if stat.S_ISSOCK(mode):
+        return 'a socket'
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return 'a device'
+    return 'not a file'
+
+
 def _value_problem(opt: cfg.Opt, raw: str) -> str:
     if isinstance(opt.type, types.Integer):
         try:
@@ -119,18 +141,40 @@ def _value_problem(opt: cfg.Opt, raw: str) -> str:
 
 
 class Config:
-    """Every source the configuration roots define, loaded and checked."""
+    """Every source the configuration roots define, loaded and checked.
+
+    A source whose definition is wrong does not stop the others: its
+    error is kept (:attr:`errors`) and raised by :meth:`source` when that
+    source is used, so ``crcache status`` can show it beside the healthy
+    ones and commands about other sources work. A pool drawing from a
+    broken source is broken too.
+    """
 
     def __init__(self, roots: list[str] | None = None,
                  env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        explicit = roots is None and paths.CONFIG_PATH_ENV in env
         self.roots = (list(roots) if roots is not None
                       else paths.config_search_path(env))
+        if explicit:
+            for root in self.roots:
+                if not os.path.isdir(root):
+                    raise exceptions.ConfigError(
+                        root, f'no such directory (named in '
+                        f'{paths.CONFIG_PATH_ENV})')
         self.definitions: dict[str, Definition] = {}
         self.shadowed: list[Definition] = []
+        #: The configuration error of each broken source.
+        self.errors: dict[str, exceptions.ConfigError] = {}
         self._sources: dict[str, base.Source] = {}
         self._discover()
         for definition in self.definitions.values():
-            self._sources[definition.name] = self._load(definition)
+            if definition.name in self.errors:
+                continue
+            try:
+                self._sources[definition.name] = self._load(definition)
+            except exceptions.ConfigError as err:
+                self.errors[definition.name] = err
         self._check_layering()
 
     # -- discovery ---------------------------------------------------------
@@ -153,21 +197,21 @@ class Config:
                 directory = os.path.join(sources_dir, entry)
                 if entry.startswith('.') or not os.path.isdir(directory):
                     continue
-                if not SOURCE_NAME.match(entry):
-                    raise exceptions.ConfigError(
-                        directory, 'invalid source name: use letters, '
-                        'digits, ".", "_" and "-" (not first), at most 64')
                 path = os.path.join(directory, SOURCE_CONF)
-                if not os.path.lexists(path):
-                    raise exceptions.ConfigError(
-                        directory, f'this source directory has no '
-                        f'{SOURCE_CONF}')
                 definition = Definition(entry, root, path)
                 if entry in self.definitions:
                     definition.active = False
                     self.shadowed.append(definition)
-                else:
-                    self.definitions[entry] = definition
+                    continue
+                self.definitions[entry] = definition
+                if not SOURCE_NAME.match(entry):
+                    self.errors[entry] = exceptions.ConfigError(
+                        directory, 'invalid source name: use letters, '
+                        'digits, ".", "_" and "-" (not first), at most 64')
+                elif not os.path.lexists(path):
+                    self.errors[entry] = exceptions.ConfigError(
+                        directory, f'this source directory has no '
+                        f'{SOURCE_CONF}')
         if IMPLICIT_LOCAL not in self.definitions:
             self.definitions[IMPLICIT_LOCAL] = Definition(
                 IMPLICIT_LOCAL, None, None)
@@ -208,7 +252,7 @@ class Config:
                 closest = difflib.get_close_matches(
                     key, list(by_name), n=1, cutoff=0)
                 raise exceptions.ConfigError(
-                    path, f"unknown key '{key}' (closest valid key: "
+                    path, f"unknown key {key!r} (closest valid key: "
                     f"'{closest[0]}')")
         conf = cfg.ConfigOpts()
         conf.register_opts(all_opts)
@@ -220,7 +264,7 @@ class Config:
                  default_config_dirs=[], use_env=False)
         except cfg.Error as err:
             raise exceptions.ConfigError(path or '<implicit local>',
-                                         str(err))
+                                         _one_line(str(err)))
         for key, opt in by_name.items():
             try:
                 value = getattr(conf, key)
@@ -235,39 +279,60 @@ class Config:
                        else 'an empty value; remove the line for the '
                        'default')
             raise exceptions.ConfigError(
-                path, f"invalid value for '{key}': {raw!r} ({problem})")
+                path, f"invalid value for '{key}': {raw!r} "
+                f'({_one_line(problem)})')
         source = cls(definition.name, conf, self.source)
         return source
 
+    def _path(self, name: str) -> str:
+        return self.definitions[name].path or name
+
     def _check_layering(self) -> None:
-        for name, source in self._sources.items():
-            if not isinstance(source, base.LayeredSource):
-                continue
-            path = self.definitions[name].path or name
+        # Children first: a pool over a broken source is broken, and the
+        # checks that span keys may ask a child for its maximum.
+        for name in list(self._sources):
+            self._find_cycle(name, [])
+        changed = True
+        while changed:
+            changed = False
+            for name, source in list(self._sources.items()):
+                problem = self._layering_problem(source)
+                if problem is not None:
+                    self.errors[name] = exceptions.ConfigError(
+                        self._path(name), problem)
+                    del self._sources[name]
+                    changed = True
+        for name, source in list(self._sources.items()):
             for key, problem in source.validate():
-                raise exceptions.ConfigError(path, f'{key}: {problem}')
-            for child in source.children:
-                if child not in self._sources:
-                    raise exceptions.ConfigError(
-                        path, f"sources: unknown source '{child}'"
+                self.errors[name] = exceptions.ConfigError(
+                    self._path(name), f'{key}: {_one_line(problem)}')
+                del self._sources[name]
+                break
+
+    def _layering_problem(self, source: base.Source) -> str | None:
+        if not isinstance(source, base.LayeredSource):
+            return None
+        for child in source.children:
+            if child in self.errors:
+                return (f"sources: source '{child}' cannot be used: "
+                        f'{self.errors[child]}')
+            if child not in self._sources:
+                return (f"sources: unknown source '{child}'"
                         f"{exceptions.did_you_mean(child, self._sources)}; "
                         f"configured sources: {', '.join(self._sources)}")
-        for name in self._sources:
-            self._find_cycle(name, [])
-        for name, source in self._sources.items():
-            if isinstance(source, base.LayeredSource):
-                continue
-            for key, problem in source.validate():
-                raise exceptions.ConfigError(
-                    self.definitions[name].path or name, f'{key}: {problem}')
+        return None
 
     def _find_cycle(self, name: str, trail: list[str]) -> None:
         if name in trail:
             cycle = trail[trail.index(name):] + [name]
-            raise exceptions.ConfigError(
-                self.definitions[cycle[0]].path or name,
-                f"sources: pool cycle {' -> '.join(cycle)}")
-        source = self._sources[name]
+            for member in cycle[:-1]:
+                if member in self._sources:
+                    self.errors[member] = exceptions.ConfigError(
+                        self._path(cycle[0]),
+                        f"sources: pool cycle {' -> '.join(cycle)}")
+                    del self._sources[member]
+            return
+        source = self._sources.get(name)
         if isinstance(source, base.LayeredSource):
             for child in source.children:
                 self._find_cycle(child, trail + [name])
@@ -275,12 +340,34 @@ class Config:
     # -- access ------------------------------------------------------------
 
     def names(self) -> list[str]:
-        """Names of the active sources, sorted."""
+        """Names of the active sources (broken ones included), sorted."""
         return list(self.definitions)
 
+    def usable(self, name: str) -> bool:
+        """Whether ``name`` is defined and loaded without error."""
+        return name in self._sources
+
+    def usable_names(self) -> list[str]:
+        """Names of the sources that loaded without error, sorted."""
+        return [name for name in self.definitions if name in self._sources]
+
     def source(self, name: str) -> base.Source:
-        """Return the configured source called ``name``."""
+        """Return the configured source called ``name``.
+
+        Raises its :class:`~crcache.exceptions.ConfigError` if its
+        definition is broken, :class:`~crcache.exceptions.UnknownSource`
+        if nothing defines it.
+        """
         try:
             return self._sources[name]
         except KeyError:
-            raise exceptions.UnknownSource(name, self._sources)
+            pass
+        if name in self.errors:
+            raise self.errors[name]
+        raise exceptions.UnknownSource(name, self.definitions)
+
+
+def _one_line(text: str) -> str:
+    """Fold a multi-line message (values may hold newlines) into one."""
+    return ' '.join(part.strip() for part in text.splitlines()
+                    if part.strip())

@@ -15,10 +15,18 @@ class CrcacheError(Exception):
     """Base class for every error crcache reports to its user."""
 
 
+def shown(text: str) -> str:
+    """``text`` as it may appear in a one-line message: quoted (with
+    escapes) if it holds a newline or another control character."""
+    if text.isprintable():
+        return text
+    return repr(text)
+
+
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest candidate, or ''."""
     match = difflib.get_close_matches(word, list(candidates), n=1)
-    return f" (did you mean '{match[0]}'?)" if match else ''
+    return f' (did you mean {match[0]!r}?)' if match else ''
 
 
 class ConfigError(CrcacheError):
@@ -29,7 +37,7 @@ class ConfigError(CrcacheError):
 
     def __init__(self, path: str, message: str) -> None:
         self.path = path
-        super().__init__(f'{path}: {message}')
+        super().__init__(f'{shown(path)}: {message}')
 
 
 class UnknownSource(CrcacheError):
@@ -39,8 +47,8 @@ class UnknownSource(CrcacheError):
         self.name = name
         known = sorted(known)
         super().__init__(
-            f"unknown source '{name}'{did_you_mean(name, known)}; "
-            f"configured sources: {', '.join(known) or 'none'}")
+            f'unknown source {name!r}{did_you_mean(name, known)}; '
+            f"configured sources: {', '.join(map(shown, known)) or 'none'}")
 
 
 class UnknownInstance(CrcacheError):
@@ -49,7 +57,7 @@ class UnknownInstance(CrcacheError):
     def __init__(self, name: str, known: Iterable[str] = ()) -> None:
         self.name = name
         super().__init__(
-            f"unknown instance '{name}'{did_you_mean(name, known)}")
+            f'unknown instance {name!r}{did_you_mean(name, known)}')
 
 
 class InstanceStateError(CrcacheError):

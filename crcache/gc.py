@@ -7,10 +7,12 @@ records who is working on it, so this pass can tell abandoned work from
 work in progress:
 
 * ``provisioning`` whose worker process is gone (on this host) or which
-  is older than the source's ``provision_timeout``: discarded, through the
-  driver and discard.d, after stopping any hook still running for it;
-* ``discarding`` whose worker is gone: discarded again (discarding
-  something already gone is success);
+  has taken twice the source's ``provision_timeout`` (its worker should
+  have given up by then): discarded, through the driver and discard.d,
+  after stopping any hook still running for it;
+* ``discarding`` whose worker is gone, or that has taken twice the
+  source's ``discard_timeout``: discarded again (discarding something
+  already gone is success);
 * ``in-use`` whose lease has expired: discarded, wrapped instances too
   (whoever had it may have left it in any state);
 * ``cached`` for longer than the source's ``max_idle``: discarded;
@@ -19,14 +21,27 @@ work in progress:
 
 Each row is taken over in a transaction that checks it has not changed
 since it was read, so concurrent passes never handle one row twice.
-``crcache acquire`` runs a pass with a time budget before it starts.
+
+Rows of a source that is no longer configured (or whose definition is
+broken) cannot be discarded, as no driver can reach their backend: they
+are reported, never retried in a loop, and ``forget`` drops them.
+
+``crcache acquire`` starts with :func:`collect_before_acquire`: a quick
+read-only look, and only when something is due, a ``crcache gc`` in a
+process of its own that the acquire waits for at most a couple of
+seconds, so a slow discard.d never holds an acquire up.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
+import subprocess
+import sys
 import time
+from typing import Any
 
 from crcache import exceptions
 from crcache import hooks
@@ -53,89 +68,248 @@ def _who(op: dict | None) -> str:
     return f"pid {op.get('pid')} on {op.get('host')}"
 
 
-def _abandoned(cache: object, inst: object, now: float) -> str | None:
-    """Why a row should be collected, or None to leave it alone."""
-    config = cache.config
-    known = inst.source in config.definitions
-    source = config.source(inst.source) if known else None
-    age = now - inst.updated
+def _started(inst: Any) -> float:
+    """When the row's current work began (its ``op``), else last change."""
+    since = (inst.op or {}).get('since')
+    return since if isinstance(since, (int, float)) else inst.updated
+
+
+def _due(conf: Any, inst: Any, now: float) -> str | None:
+    """Why a row should be collected, or None to leave it alone.
+
+    ``conf`` is the source's configuration, or None when the source
+    cannot be loaded (only the rules that need no keys apply then).
+    """
+    if inst.problem:
+        return inst.problem
     if inst.state in (PROVISIONING, DISCARDING):
-        timeout = source.conf.provision_timeout if source else 0
+        key = ('provision_timeout' if inst.state == PROVISIONING
+               else 'discard_timeout')
+        timeout = getattr(conf, key) if conf is not None else 0
+        age = now - _started(inst)
         if invocation.alive(inst.op) is False:
             return f'{inst.state} by {_who(inst.op)}, which has exited'
         if inst.op is None and inst.state == DISCARDING:
             return 'discarding, by nobody'
-        if timeout and age > timeout:
-            return (f'{inst.state} for {age:.0f}s, longer than '
-                    f'provision_timeout ({timeout:g}s)')
+        if timeout and age > 2 * timeout:
+            return (f'{inst.state} for {age:.0f}s, more than twice '
+                    f'{key} ({timeout:g}s)')
         return None
     if inst.state == IN_USE and not inst.parent and inst.lease_expires:
         if inst.lease_expires < now:
-            stamp = time.strftime('%Y-%m-%dT%H:%M:%S',
-                                  time.localtime(inst.lease_expires))
+            stamp = time.strftime('%Y-%m-%dT%H:%M:%SZ',
+                                  time.gmtime(inst.lease_expires))
             return f'lease expired at {stamp}'
         return None
-    if inst.state == CACHED and source is not None:
-        max_idle = source.conf.max_idle
+    if inst.state == CACHED and conf is not None:
+        max_idle = conf.max_idle
+        age = now - inst.updated
         if max_idle and age > max_idle:
             return f'cached unused for {age:.0f}s (max_idle {max_idle:g}s)'
     return None
 
 
-def collect(cache: object, leaks: bool = False,
-            budget: float | None = None) -> list[Action]:
-    """One garbage collection pass; returns what it did and found.
+def due(cache: Any, rows: list, now: float | None = None,
+        damaged: bool = True) -> list[tuple[Any, str]]:
+    """The rows a pass would collect now, with why.
 
-    With a ``budget`` (seconds) no new work is started once it is spent,
-    and leaks are not looked for (that asks every backend).
+    ``damaged`` rows (unreadable, or in a state this crcache does not
+    know) are only collected when asked: by ``crcache gc`` itself, not by
+    the pass an acquire starts.
     """
-    started = time.monotonic()
+    now = time.time() if now is None else now
+    found = []
+    for inst in rows:
+        if not cache.config.usable(inst.source):
+            continue
+        if inst.problem and not damaged:
+            continue
+        reason = _due(cache.config.source(inst.source).conf, inst, now)
+        if reason is not None:
+            found.append((inst, reason))
+    return found
+
+
+def collect(cache: Any, leaks: bool = False) -> list[Action]:
+    """One garbage collection pass; returns what it did and found."""
     now = time.time()
     with cache.store.reading() as tx:
         rows = tx.instances()
     actions: list[Action] = []
-    for inst in rows:
-        if budget is not None and time.monotonic() - started > budget:
-            break
-        reason = _abandoned(cache, inst, now)
-        if reason is None:
-            continue
-        try:
-            taken = _take_over(cache, inst)
-        except exceptions.CrcacheError as err:
-            actions.append(Action(inst.name, inst.source, 'failed',
-                                  str(err)))
-            continue
-        if taken is None:
-            continue  # someone else got to it first
-        force = inst.state != CACHED
-        try:
-            hook = (inst.op or {}).get('hook')
-            if invocation.session_may_live(hook):
-                hooks.kill(hook['pid'])
-            cache._discard(taken, force=force)
-        except exceptions.CrcacheError as err:
-            actions.append(Action(inst.name, inst.source, 'failed',
-                                  f'{reason}; discarding failed: {err}'))
-            LOG.warning('%s: %s', inst.name, err)
-            continue
-        actions.append(Action(inst.name, inst.source, 'discarded', reason))
-    if budget is None:
-        actions.extend(_unreleased(cache, rows))
-        actions.extend(_leaks(cache, rows, destroy=leaks))
+    for inst, reason in due(cache, rows, now):
+        actions.extend(_collect_one(cache, inst, reason))
+    actions.extend(_orphans(cache, rows, now))
+    actions.extend(_unreleased(cache, rows))
+    actions.extend(_leaks(cache, rows, destroy=leaks))
     return actions
 
 
-def _take_over(cache: object, inst: object) -> object | None:
+def _collect_one(cache: Any, inst: Any, reason: str) -> list[Action]:
+    try:
+        taken = _take_over(cache, inst)
+    except exceptions.CrcacheError as err:
+        return [Action(inst.name, inst.source, 'failed', str(err))]
+    if taken is None:
+        return []  # someone else got to it first
+    force = inst.state != CACHED
+    try:
+        hook = (inst.op or {}).get('hook')
+        if invocation.session_may_live(hook):
+            hooks.kill(hook['pid'])
+        cache.discard(taken, force=force)
+    except exceptions.CrcacheError as err:
+        LOG.warning('%s: %s', inst.name, err)
+        return [Action(inst.name, inst.source, 'failed',
+                       f'{reason}; discarding failed: {err}')]
+    return [Action(inst.name, inst.source, 'discarded', reason)]
+
+
+def _orphans(cache: Any, rows: list, now: float) -> list[Action]:
+    """Rows due for collection that no configured driver can reach."""
+    found = []
+    for inst in rows:
+        if cache.config.usable(inst.source) or inst.parent:
+            continue
+        if inst.state in (CACHED, DISCARDING) \
+                or _due(None, inst, now) is not None:
+            found.append(Action(
+                inst.name, inst.source, 'kept',
+                f'{cache.unusable_reason(inst.source)}: cannot discard it '
+                f"(fix the source, or 'crcache gc --forget {inst.source}' "
+                'forgets it)'))
+    return found
+
+
+def forget(cache: Any, sources: list[str]) -> list[Action]:
+    """Drop every row of sources that cannot be loaded any more.
+
+    Says, for each, which backend resource may be left behind. An
+    instance a forgotten pool instance held, of a source that still
+    works, is discarded (its state is unknown).
+    """
+    for name in sources:
+        if cache.config.usable(name):
+            raise exceptions.CrcacheError(
+                f"source '{name}' is configured and usable: release its "
+                'instances, and gc discards what is due; --forget is for '
+                'sources whose definition is gone or broken')
+    actions = []
+    children = []
+    with cache.store.transaction() as tx:
+        for name in sources:
+            rows = tx.instances(name)
+            if not rows and name not in cache.config.definitions:
+                raise exceptions.UnknownSource(
+                    name, {i.source for i in tx.instances()})
+            for inst in rows:
+                if inst.child:
+                    child = tx.get(inst.child)
+                    if child is not None and child.parent == inst.name:
+                        tx.update(child.name, parent=None)
+                        if cache.config.usable(child.source):
+                            tx.update(child.name, state=DISCARDING,
+                                      op=_work())
+                            children.append(child)
+                tx.delete(inst.name)
+                if inst.child:
+                    left = f'it held {inst.child}'
+                elif inst.ref:
+                    left = ('its backend resource may remain: '
+                            + json.dumps(inst.ref, sort_keys=True))
+                else:
+                    left = 'no backend resource was recorded for it'
+                actions.append(Action(inst.name, name, 'forgotten',
+                                      f'was {inst.state}; {left}'))
+    for child in children:
+        actions.extend(_collect_one_taken(cache, child))
+    return actions
+
+
+def _collect_one_taken(cache: Any, inst: Any) -> list[Action]:
+    inst.state = DISCARDING
+    try:
+        cache.discard(inst, force=True)
+    except exceptions.CrcacheError as err:
+        return [Action(inst.name, inst.source, 'failed', str(err))]
+    return [Action(inst.name, inst.source, 'discarded',
+                   'its pool instance was forgotten')]
+
+
+def _work() -> dict:
+    from crcache import cache as cache_module
+    return cache_module.work_record()
+
+
+def _take_over(cache: Any, inst: Any) -> Any | None:
     """Mark a row ours to discard, unless it changed since we read it."""
     with cache.store.transaction() as tx:
         current = tx.get(inst.name)
         if (current is None or current.state != inst.state
                 or current.updated != inst.updated):
             return None
-        tx.update(inst.name, state=DISCARDING, op=invocation.identity())
+        tx.update(inst.name, state=DISCARDING, op=_work())
         current.state = DISCARDING
         return current
+
+
+def collect_before_acquire(cache: Any, budget: float,
+                           progress: Any = None) -> None:
+    """Start a gc pass if anything is due; wait for it ``budget`` seconds.
+
+    The pass runs as ``crcache gc`` in a process of its own (its
+    warnings come to our stderr while we wait), so whatever it waits for
+    (a discard.d script) holds the acquire up no longer than ``budget``:
+    after that it goes on alone, bounded by the sources' timeouts.
+    """
+    with cache.store.reading() as tx:
+        rows = tx.instances()
+    pending = due(cache, rows, damaged=False)
+    if not pending:
+        return
+    names = ', '.join(inst.name for inst, _ in pending)
+    env = cache.hook_env()
+    env.pop('CRCACHE_INSTANCE', None)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, '-m', 'crcache', '-q', 'gc'],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, env=env, start_new_session=True,
+            cwd='/')
+    except OSError as err:
+        LOG.warning('cannot start garbage collection: %s', err)
+        return
+    import select
+    deadline = time.monotonic() + budget
+    told = False
+    fd = proc.stderr.fileno()
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+            if not ready:
+                if not told and progress is not None:
+                    progress(f'waiting for garbage collection of {names} '
+                             f'(pid {proc.pid})')
+                    told = True
+                continue
+            data = os.read(fd, 65536)
+            if not data:  # done: its stderr closed as it exited
+                proc.wait()
+                return
+            _relay(data)
+    finally:
+        proc.stderr.close()
+    LOG.warning('garbage collection of %s goes on in the background (pid '
+                '%s); acquiring meanwhile', names, proc.pid)
+
+
+def _relay(data: bytes) -> None:
+    try:
+        os.write(2, data)
+    except OSError:
+        pass
 
 
 def _unreleased(cache: object, rows: list) -> list[Action]:
@@ -160,7 +334,7 @@ def _leaks(cache: object, rows: list, destroy: bool) -> list[Action]:
     with cache.store.reading() as tx:
         known.update(inst.name for inst in tx.instances())
     found = []
-    for name in cache.config.names():
+    for name in cache.config.usable_names():
         source = cache.config.source(name)
         if not isinstance(source, base.BackendSource):
             continue

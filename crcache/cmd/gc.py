@@ -17,6 +17,11 @@ class CollectGarbage(base.Lister):
     running discard.d for each. Reports in-use instances whose holder has
     exited, and backend resources labelled as this store's that it does
     not know (leaks), which --leaks destroys. Lists what it did.
+
+    Each discard.d script is stopped after the source's discard_timeout.
+    Instances of a source that is no longer configured, or whose
+    definition is broken, cannot be discarded: they are listed as kept
+    until the source is fixed, or until --forget forgets them.
     """
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
@@ -25,11 +30,20 @@ class CollectGarbage(base.Lister):
             '--leaks', action='store_true',
             help='Destroy leaked backend resources instead of only '
                  'reporting them.')
+        parser.add_argument(
+            '--forget', action='append', default=[], metavar='SOURCE',
+            help='Forget every instance of SOURCE, a source whose '
+                 'definition was removed or is broken (so its instances '
+                 'cannot be discarded), saying for each which backend '
+                 'resource may be left behind. Repeatable.')
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace
                     ) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         from crcache import gc
-        actions = gc.collect(self.cache, leaks=parsed_args.leaks)
+        if parsed_args.forget:
+            actions = gc.forget(self.cache, parsed_args.forget)
+        else:
+            actions = gc.collect(self.cache, leaks=parsed_args.leaks)
         return ('instance', 'source', 'action', 'reason'), [
             (a.instance, a.source, a.action, a.reason) for a in actions]

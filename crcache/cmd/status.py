@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import time
 from typing import Any
 
 from crcache import exceptions
 from crcache.cmd import base
+
+LOG = logging.getLogger(__name__)
+#: Instances provisioning or discarding longer than this are pointed out.
+SLOW = 5.0
 
 COLUMNS = ('source', 'cached', 'in-use', 'max')
 INSTANCE_COLUMNS = ('name', 'source', 'state', 'concurrency', 'held-by',
@@ -20,6 +25,15 @@ def _stamp(when: float | None) -> str | None:
     if not when:
         return None
     return time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(when))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f'{seconds}s'
+    if seconds < 3600:
+        return f'{seconds // 60}m{seconds % 60:02d}s'
+    return f'{seconds // 3600}h{seconds // 60 % 60:02d}m'
 
 
 def instance_row(inst: Any) -> tuple[Any, ...]:
@@ -36,9 +50,14 @@ def instance_row(inst: Any) -> tuple[Any, ...]:
     else:
         held_by = None
     argv = holder.get('argv')
+    # Since when the instance has been in its state: held, or being
+    # made or destroyed.
+    if inst.state in ('provisioning', 'discarding'):
+        since = (inst.op or {}).get('since') or inst.updated
+    else:
+        since = holder.get('since') or inst.updated
     return (inst.name, inst.source, inst.state, inst.concurrency, held_by,
-            holder.get('pid'), holder.get('ppid'),
-            _stamp(holder.get('since') or inst.updated),
+            holder.get('pid'), holder.get('ppid'), _stamp(since),
             _stamp(inst.lease_expires),
             shlex.join(argv) if argv else None)
 
@@ -63,8 +82,18 @@ class Status(base.Lister):
 
     A maximum of 0 means the source has no limit. Pool instances hold an
     instance of one of the pool's sources, which therefore shows as in use
-    by its own source as well.
+    by its own source as well. A source whose definition is broken is
+    listed with its error in an ``error`` column (shown only then), the
+    error is also printed on stderr and the exit status is 1. Instances
+    that have been provisioning or discarding for a while are pointed out
+    on stderr, with what they are waiting for.
     """
+
+    _failed = False
+
+    def run(self, parsed_args: argparse.Namespace) -> int:
+        status = super().run(parsed_args)
+        return status or (1 if self._failed else 0)
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
@@ -104,6 +133,11 @@ class Status(base.Lister):
     def take_action(self, parsed_args: argparse.Namespace
                     ) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         statuses = self.cache.status(self._selected(parsed_args) or None)
+        for status in statuses:
+            if status.error and status.name in self.cache.config.errors:
+                LOG.error('%s', status.error)
+                self._failed = True
+        self._point_out_slow(statuses)
         if parsed_args.query:
             parsed_args.formatter = 'value'
             parsed_args.columns = []
@@ -122,6 +156,10 @@ class Status(base.Lister):
         if parsed_args.all_definitions:
             columns = COLUMNS + ('path', 'shadowed')
 
+        broken = any(s.error for s in statuses)
+        if broken:
+            columns = columns + ('error',)
+
         def row(status: Any, label: str | None = None) -> tuple[Any, ...]:
             values: tuple[Any, ...] = (
                 label or status.name, status.cached, status.in_use,
@@ -129,6 +167,8 @@ class Status(base.Lister):
             if parsed_args.all_definitions:
                 definition = self.cache.config.definitions.get(status.name)
                 values += (definition.path if definition else None, False)
+            if broken:
+                values += (status.error,)
             return values
 
         rows: list[tuple[Any, ...]] = []
@@ -146,8 +186,28 @@ class Status(base.Lister):
                 if by_name and definition.name not in by_name:
                     continue
                 rows.append((definition.name, None, None, None,
-                             definition.path, True))
+                             definition.path, True)
+                            + ((None,) if broken else ()))
         return columns, rows
+
+    def _point_out_slow(self, statuses: list) -> None:
+        """Say which instances are stuck changing state, and on what."""
+        now = time.time()
+        names = [s.name for s in statuses]
+        for inst in self.cache.instances(names):
+            if inst.state not in ('provisioning', 'discarding'):
+                continue
+            op = inst.op or {}
+            since = op.get('since') or inst.updated
+            if now - since < SLOW:
+                continue
+            hook = op.get('hook') or {}
+            doing = (f"{hook.get('script')} running, pid {hook.get('pid')}"
+                     if hook.get('script') else
+                     f"pid {op.get('pid')} on {op.get('host')}" if op
+                     else 'nobody is working on it')
+            LOG.warning('%s has been %s for %s (%s)', inst.name, inst.state,
+                        _duration(now - since), doing)
 
     def _tree_children(self, name: str, depth: int,
                        columns: tuple[str, ...]) -> list[tuple[Any, ...]]:

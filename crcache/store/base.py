@@ -22,6 +22,10 @@ CACHED = 'cached'
 DISCARDING = 'discarding'
 #: Every state counts against a source's maximum.
 LIVE_STATES = (PROVISIONING, IN_USE, CACHED, DISCARDING)
+#: The states this crcache knows; a row in any other (edited by hand) is
+#: still live, and crcache gc (run by hand) discards it. A new state
+#: therefore always comes with a new schema version.
+KNOWN_STATES = frozenset(LIVE_STATES)
 
 
 @dataclasses.dataclass
@@ -49,6 +53,10 @@ class Instance:
     created: float = 0.0
     updated: float = 0.0
     op: dict[str, Any] | None = None
+    #: What is wrong with the stored row (an unknown state, a column that
+    #: cannot be read), if anything; such a row counts as live and is
+    #: discarded by crcache gc.
+    problem: str | None = dataclasses.field(default=None, compare=False)
 
 
 @dataclasses.dataclass
@@ -76,8 +84,9 @@ class Transaction(abc.ABC):
 
     @abc.abstractmethod
     def count(self, source: str,
-              states: Iterable[str] = LIVE_STATES) -> int:
-        """Count a source's instances in ``states``."""
+              states: Iterable[str] | None = None) -> int:
+        """Count a source's instances in ``states`` (default: every row,
+        whatever its state, since every row is a live instance)."""
 
     @abc.abstractmethod
     def next_seq(self, source: str) -> int:

@@ -66,14 +66,47 @@ _COLUMNS = ('name', 'source', 'seq', 'state', 'ref', 'concurrency', 'child',
 _JSON_COLUMNS = frozenset(('ref', 'holder', 'op'))
 #: Give up on a store that stays locked this long (seconds).
 LOCK_DEADLINE = 60.0
+#: Pauses between attempts on a locked store grow from the first to the
+#: last (seconds, each drawn at random up to the current bound): short
+#: at first, which keeps busy writers fair, then long enough not to burn
+#: a core while another process holds the store.
+FIRST_PAUSE = 0.0005
+LAST_PAUSE = 0.025
+#: Say what we are waiting for once a wait has lasted this long.
+TELL_AFTER = 1.0
 
 
-def _row_to_instance(row: tuple) -> base.Instance:
+def _row_to_instance(row: tuple, location: str) -> base.Instance:
+    """An instance from its row; a damaged row is read as far as it can
+    be, and says what is wrong with it."""
     values = dict(zip(_COLUMNS, row))
+    problems = []
     for key in _JSON_COLUMNS:
-        if values[key] is not None:
+        if values[key] is None:
+            continue
+        try:
             values[key] = json.loads(values[key])
-    return base.Instance(**values)
+        except (TypeError, ValueError):
+            values[key] = None
+            problems.append(f'its {key} column is not valid JSON')
+            continue
+        if not isinstance(values[key], dict):
+            values[key] = None
+            problems.append(f'its {key} column is not a JSON object')
+    for key in ('lease_expires', 'created', 'updated'):
+        if values[key] is not None and not isinstance(
+                values[key], (int, float)):
+            problems.append(f'its {key} column is not a number')
+            values[key] = None if key == 'lease_expires' else 0.0
+    if values['state'] not in base.KNOWN_STATES:
+        problems.append(f'its state {values["state"]!r} is unknown')
+    inst = base.Instance(**values)
+    if problems:
+        inst.problem = (
+            f'{location}: instance row {inst.name!r}: '
+            + '; '.join(problems)
+            + ' (edited by hand, or written by another crcache)')
+    return inst
 
 
 def _encode(key: str, value: Any) -> Any:
@@ -85,14 +118,15 @@ def _encode(key: str, value: Any) -> Any:
 class SQLiteTransaction(base.Transaction):
     """A transaction on one SQLite connection."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, location: str) -> None:
         self._conn = conn
+        self._location = location
 
     def get(self, name: str) -> base.Instance | None:
         row = self._conn.execute(
             f'SELECT {", ".join(_COLUMNS)} FROM instances WHERE name = ?',
             (name,)).fetchone()
-        return _row_to_instance(row) if row else None
+        return _row_to_instance(row, self._location) if row else None
 
     def instances(self, source: str | None = None,
                   states: Iterable[str] | None = None
@@ -109,10 +143,15 @@ class SQLiteTransaction(base.Transaction):
         if where:
             sql += ' WHERE ' + ' AND '.join(where)
         sql += ' ORDER BY source, seq'
-        return [_row_to_instance(r) for r in self._conn.execute(sql, args)]
+        return [_row_to_instance(r, self._location)
+                for r in self._conn.execute(sql, args)]
 
     def count(self, source: str,
-              states: Iterable[str] = base.LIVE_STATES) -> int:
+              states: Iterable[str] | None = None) -> int:
+        if states is None:
+            return self._conn.execute(
+                'SELECT COUNT(*) FROM instances WHERE source = ?',
+                (source,)).fetchone()[0]
         states = list(states)
         return self._conn.execute(
             'SELECT COUNT(*) FROM instances WHERE source = ? AND state IN '
@@ -180,6 +219,8 @@ class SQLiteStore(base.Store):
     def __init__(self, path: str) -> None:
         self.location = path
         self._thread_lock = threading.Lock()
+        #: Told (one line) when a wait for the lock becomes noticeable.
+        self.on_wait = None
         try:
             paths.ensure_private_dir(os.path.dirname(path))
             # Create the file ourselves so it is never world-readable, not
@@ -231,18 +272,27 @@ class SQLiteStore(base.Store):
             "SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0])
 
     def _retry(self, operation: Any) -> Any:
-        deadline = time.monotonic() + LOCK_DEADLINE
+        started = time.monotonic()
+        pause = FIRST_PAUSE
+        told = False
         while True:
             try:
                 return operation()
             except sqlite3.OperationalError as err:
                 if 'locked' not in str(err) and 'busy' not in str(err):
                     raise
-                if time.monotonic() > deadline:
+                waited = time.monotonic() - started
+                if waited > LOCK_DEADLINE:
                     raise exceptions.StoreError(
                         f'the state store {self.location} stayed locked '
                         f'for {LOCK_DEADLINE:.0f}s')
-                time.sleep(random.uniform(0, 0.0005))
+                if waited > TELL_AFTER and not told and self.on_wait:
+                    self.on_wait(f'waiting for the state store '
+                                 f'{self.location}: another process holds '
+                                 'it')
+                    told = True
+                time.sleep(random.uniform(0, pause))
+                pause = min(pause * 1.5, LAST_PAUSE)
 
     @contextlib.contextmanager
     def transaction(self, write: bool = True
@@ -254,7 +304,7 @@ class SQLiteStore(base.Store):
             self._retry(lambda: conn.execute(
                 'BEGIN IMMEDIATE' if write else 'BEGIN'))
             try:
-                yield SQLiteTransaction(conn)
+                yield SQLiteTransaction(conn, self.location)
             except BaseException:
                 conn.execute('ROLLBACK')
                 raise

@@ -1,10 +1,12 @@
 """Bad configuration, as a user meets it through the real command.
 
-Every mistake in a configuration root is one line on stderr that names the
-file at fault and the key (with the closest valid key or the installed
-types where that helps), a non-zero exit status, nothing on stdout and no
-traceback unless ``--debug`` asks for one. The search path rules (first
-definition wins whole, ``local`` replaces the implicit local,
+Every mistake in a source's definition is one line on stderr that names
+the file at fault and the key (with the closest valid key or the
+installed types where that helps), a non-zero exit status, nothing on
+stdout and no traceback unless ``--debug`` asks for one, from any command
+that uses the source; commands about other sources work as if it were
+not there, and ``status`` lists it with its error. The search path rules
+(first definition wins whole, ``local`` replaces the implicit local,
 ``CRCACHE_CONFIG_PATH`` replaces the default roots) are checked here too.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from crcache.tests.functional import base
 
@@ -30,13 +33,26 @@ class TestConfigErrors(base.CLITestCase):
             f.write(data)
         return path
 
-    def assertConfigError(self, *fragments: str,
-                          args: tuple[str, ...] = ('status',)
+    def assertConfigError(self, *fragments: str, source: str = 'x',
+                          args: tuple[str, ...] | None = None
                           ) -> base.Result:
-        """Run ``args``; expect one clean error line holding fragments."""
-        result = self.crcache(*args, expect=None)
+        """Acquire from ``source`` (or run ``args``); expect one clean
+        error line holding ``fragments``. Then check that the broken
+        definition stops nothing else: another source works and status
+        lists this one with the same error."""
+        result = self.crcache(*(args or ('acquire', '-s', source)),
+                              expect=None)
         self.assertOneLineError(result, *fragments)
         self.assertEqual('', result.stdout, str(result))
+        error = result.stderr.strip()[len('crcache: '):]
+        [name] = self.crcache('acquire', '-s', 'local').stdout.split()
+        self.run_on(name, 'true')
+        self.crcache('release', name)
+        status = self.crcache('status', '-f', 'json', expect=1)
+        rows = {row['source']: row for row in json.loads(status.stdout)}
+        self.assertEqual(error, rows[source]['error'])
+        self.assertIsNone(rows['local']['error'])
+        self.assertIn(error, status.stderr)
         return result
 
     # -- keys and values --------------------------------------------------
@@ -88,20 +104,21 @@ class TestConfigErrors(base.CLITestCase):
 
     def test_pool_naming_unknown_source(self) -> None:
         path = self.write_source('p', type='pool', sources='local,nosuch')
-        self.assertConfigError(path, 'sources', "'nosuch'")
+        self.assertConfigError(path, 'sources', "'nosuch'", source='p')
 
     def test_pool_cycle_shows_the_cycle(self) -> None:
         path_a = self.write_source('a', type='pool', sources='b')
         self.write_source('b', type='pool', sources='a')
-        self.assertConfigError(path_a, 'sources', 'a -> b -> a')
+        self.assertConfigError(path_a, 'sources', 'a -> b -> a',
+                               source='a')
 
     def test_pool_with_empty_sources(self) -> None:
         path = self.write_source('p', type='pool', sources='')
-        self.assertConfigError(path, 'sources')
+        self.assertConfigError(path, 'sources', source='p')
 
     def test_pool_without_sources_key(self) -> None:
         path = self.write_source('p', type='pool')
-        self.assertConfigError(path, 'sources')
+        self.assertConfigError(path, 'sources', source='p')
 
     # -- files and directories --------------------------------------------
 
@@ -117,7 +134,16 @@ class TestConfigErrors(base.CLITestCase):
     def test_source_conf_is_a_directory(self) -> None:
         path = os.path.join(self.source_dir('x'), 'source.conf')
         os.makedirs(path)
-        self.assertConfigError(path, 'cannot read')
+        self.assertConfigError(path, 'not a regular file', 'a directory')
+
+    def test_source_conf_is_a_fifo(self) -> None:
+        # Opening a FIFO waits for a writer: it must be refused unopened.
+        path = os.path.join(self.source_dir('x'), 'source.conf')
+        os.makedirs(self.source_dir('x'))
+        os.mkfifo(path)
+        started = time.monotonic()
+        self.assertConfigError(path, 'not a regular file', 'named pipe')
+        self.assertLess(time.monotonic() - started, 20)
 
     def test_binary_garbage(self) -> None:
         path = self.write_raw('x', b'\x89PNG\r\n\x1a\n\xff\xfe\x00\x81' * 8)
@@ -145,15 +171,35 @@ class TestConfigErrors(base.CLITestCase):
         os.makedirs(directory)
         with open(os.path.join(directory, 'source.conf'), 'w') as f:
             f.write('[DEFAULT]\ntype=local\n')
-        self.assertConfigError(directory, 'invalid source name')
+        self.assertConfigError(directory, 'invalid source name',
+                               source='my source')
 
-    def test_error_from_acquire_too(self) -> None:
+    def test_error_from_fill_and_status_too(self) -> None:
         path = self.write_source('x', type='local', reserv=1)
-        self.assertConfigError(path, "'reserv'", args=('acquire',))
+        self.assertConfigError(path, "'reserv'", args=('fill', 'x'))
+
+    def test_a_pool_over_a_broken_source_is_broken(self) -> None:
+        path = self.write_source('x', type='local', reserv=1)
+        pool = self.write_source('p', type='pool', sources='x')
+        self.assertConfigError(pool, "source 'x' cannot be used", path,
+                               "'reserv'", source='p')
+
+    def test_status_table_shows_the_error_column(self) -> None:
+        path = self.write_source('x', type='local', reserv=1)
+        result = self.crcache('status', expect=1)
+        lines = result.stdout.splitlines()
+        self.assertEqual(['source', 'cached', 'in-use', 'max', 'error'],
+                         lines[0].split())
+        self.assertTrue(lines[1].startswith('local '), result)
+        self.assertTrue(lines[2].startswith('x '), result)
+        self.assertIn(path, lines[2])
+        self.assertEqual(1, len(result.stderr.splitlines()), result)
+        # Sources named explicitly: only theirs count.
+        self.crcache('status', 'local', expect=0)
 
     def test_debug_shows_traceback(self) -> None:
         path = self.write_source('x', type='local', reserv=1)
-        result = self.crcache('--debug', 'status', expect=None)
+        result = self.crcache('--debug', 'acquire', '-s', 'x', expect=None)
         self.assertNotEqual(0, result.returncode, str(result))
         self.assertIn('Traceback', result.stderr)
         self.assertIn('ConfigError', result.stderr)
@@ -167,7 +213,16 @@ class TestSearchPath(base.CLITestCase):
         super().setUp()
         self.root1 = os.path.join(self.home, 'root1')
         self.root2 = os.path.join(self.home, 'root2')
+        os.mkdir(self.root1)
+        os.mkdir(self.root2)
         self.env['CRCACHE_CONFIG_PATH'] = f'{self.root1}:{self.root2}'
+
+    def test_missing_root_is_an_error_naming_it(self) -> None:
+        missing = os.path.join(self.home, 'nosuch')
+        self.env['CRCACHE_CONFIG_PATH'] = f'{self.root1}::{missing}'
+        result = self.crcache('status', expect=None)
+        self.assertOneLineError(result, missing, 'no such directory',
+                                'CRCACHE_CONFIG_PATH')
 
     def test_first_definition_wins_whole(self) -> None:
         # root2 sets a maximum that root1 does not: keys must not merge.

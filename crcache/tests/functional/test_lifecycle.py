@@ -45,6 +45,14 @@ def kill_session(sid: int) -> None:
             pass
 
 
+def kill_quietly(pid: int) -> None:
+    """SIGKILL ``pid`` if it still runs (test cleanup)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def stamp_time(stamp: str) -> float:
     """Seconds since the epoch of a ``status -v`` local time stamp."""
     return time.mktime(time.strptime(stamp, '%Y-%m-%dT%H:%M:%S'))
@@ -534,31 +542,113 @@ class CrashMixin:
         self.assertEqual(['provision.d box-0', 'discard box-0'],
                          self.logged())
 
-    def test_provision_timeout(self) -> None:
-        # Older than provision_timeout: abandoned even though its process
-        # still runs, which then fails and leaves nothing behind.
+    def hook_pid(self) -> int:
+        self.wait_for(lambda: os.path.exists(self.pid_file),
+                      what='the hook to start')
+        with open(self.pid_file) as f:
+            hook = int(f.read())
+        self.addCleanup(kill_session, hook)
+        return hook
+
+    def test_provision_timeout_stops_the_hook(self) -> None:
+        # The acquiring process stops provision.d at the limit, with
+        # everything it started, and undoes the instance.
+        self.write_source('box', type='local', maximum=1,
+                          provision_timeout=1)
+        self.hang_in('provision.d')
+        started = time.monotonic()
+        result = self.crcache('acquire', '-s', 'box', expect=None)
+        self.assertLess(time.monotonic() - started, 6, str(result))
+        self.assertOneLineError(result, 'provision.d/20-hang', 'box-0',
+                                'provision_timeout (1s)')
+        self.assertEqual('', result.stdout)
+        hook = self.hook_pid()
+        self.wait_for(lambda: not base.session_members(hook), 5,
+                      'the hook and its children to go')
+        self.assertNothingLive()
+        self.assertEqual(['provision.d box-0', 'discard box-0'],
+                         self.logged())
+
+    def test_discard_timeout_stops_the_hook_and_discards(self) -> None:
+        self.write_source('box', type='local', maximum=1,
+                          discard_timeout=1)
+        self.crcache('acquire', '-s', 'box')
+        self.hang_in('discard.d')
+        started = time.monotonic()
+        result = self.crcache('release', 'box-0')
+        self.assertLess(time.monotonic() - started, 6, str(result))
+        self.assertIn('discard.d/20-hang did not finish within '
+                      'discard_timeout (1s) for box-0', result.stderr)
+        self.assertIn('discarding it anyway', result.stderr)
+        hook = self.hook_pid()
+        self.wait_for(lambda: not base.session_members(hook), 5,
+                      'the hook and its children to go')
+        self.assertNothingLive()
+        self.assertEqual(['discard box-0', 'discard.d box-0'],
+                         self.logged())
+
+    def test_gc_takes_over_from_a_wedged_worker(self) -> None:
+        # A worker that cannot enforce the limit (stopped here) loses
+        # its instance to gc once twice the limit has passed.
         self.write_source('box', type='local', maximum=1,
                           provision_timeout=1)
         self.hang_in('provision.d')
         proc = self.start('acquire', '-s', 'box')
-        self.wait_for(lambda: os.path.exists(self.pid_file),
-                        what='the hook to start')
-        with open(self.pid_file) as f:
-            hook = int(f.read())
-        self.addCleanup(kill_session, hook)
-        time.sleep(1.3)
+        hook = self.hook_pid()
+        worker = parent_of(hook)
+        os.kill(worker, signal.SIGSTOP)
+        self.addCleanup(kill_quietly, worker)
+        self.assertEqual([], self.gc())  # not yet twice the limit
+        [row] = self.instances()
+        # Stamps have whole seconds: wait one more to be sure.
+        started = stamp_time(row['since'])
+        time.sleep(max(0.0, started + 3.3 - time.time()))
         [row] = self.gc()
         self.assertEqual(('box-0', 'discarded'),
                          (row['instance'], row['action']))
-        self.assertIn('provision_timeout', row['reason'])
+        self.assertIn('twice provision_timeout (1s)', row['reason'])
+        self.wait_for(lambda: not base.session_members(hook), 5,
+                      'the hook and its children to go')
+        os.kill(worker, signal.SIGCONT)
         self.assertNotEqual(0, proc.wait(10))
         self.assertEqual(b'', proc.stdout.read())
-        self.assertIn(b'provision.d/20-hang', proc.stderr.read())
-        self.wait_for(lambda: not base.session_members(hook), 5,
-                        'the hook and its children to go')
         self.assertNothingLive()
         self.assertEqual(['provision.d box-0', 'discard box-0'],
                          self.logged())
+
+    def test_acquire_is_not_held_up_by_a_hanging_discard(self) -> None:
+        # An expired lease's discard.d hangs: the acquire that finds it
+        # hands the collection to a process of its own and goes on.
+        self.write_source('box', type='local', maximum=1,
+                          discard_timeout=60)
+        self.crcache('acquire', '-s', 'box', '--lease', '1')
+        self.hang_in('discard.d')
+        time.sleep(1.1)
+        started = time.monotonic()
+        result = self.crcache('acquire', '-s', 'local')
+        self.assertLess(time.monotonic() - started, 5, str(result))
+        self.assertEqual('local-0\n', result.stdout)
+        self.assertIn('garbage collection of box-0 goes on in the '
+                      'background', result.stderr)
+        hook = self.hook_pid()
+        # The source is full meanwhile: said at once, not waited for.
+        started = time.monotonic()
+        result = self.crcache('acquire', '-s', 'box', expect=None)
+        self.assertLess(time.monotonic() - started, 5, str(result))
+        self.assertOneLineError(result, "'box'", 'maximum 1')
+        [row] = [r for r in self.instances() if r['name'] == 'box-0']
+        self.assertEqual('discarding', row['state'])
+        # Once it has been a while, status points it out.
+        time.sleep(max(0.0, stamp_time(row['since']) + 6.2 - time.time()))
+        result = self.crcache('status')
+        self.assertIn('box-0 has been discarding for', result.stderr)
+        self.assertIn('discard.d/20-hang running', result.stderr)
+        # The background pass finishes once the hook does.
+        kill_session(hook)
+        self.wait_for(lambda: 'box-0' not in [
+            r['name'] for r in self.instances()], 10, 'box-0 to go')
+        self.crcache('release', 'local-0')
+        self.assertNothingLive()
 
 
 class TestCrash(CrashMixin, LifecycleTestCase):
