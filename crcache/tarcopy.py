@@ -452,8 +452,15 @@ class _Writer:
         self.links: dict[str, tuple[int, int]] = {}
         # Directories' real modes and times, applied last.
         self.directories: dict[str, tuple[int, float]] = {}
+        # The directory the last member went into, as tar lists a
+        # directory's entries together. A directory reached by the walk
+        # stays the one at that path: nothing here removes or replaces
+        # a directory.
+        self._last: tuple[list[str], int] | None = None
 
     def close(self) -> None:
+        if self._last is not None:
+            os.close(self._last[1])
         os.close(self.root_fd)
 
     # -- walking -------------------------------------------------------------
@@ -528,7 +535,12 @@ class _Writer:
         if not (member.isfile() or member.isdir() or member.issym()
                 or member.islnk()):
             raise _Refusal('devices and pipes are not copied')
-        fd = self.open_parent(parts, create=True)
+        if self._last is None or self._last[0] != parts[:-1]:
+            fd = self.open_parent(parts, create=True)
+            if self._last is not None:
+                os.close(self._last[1])
+            self._last = (parts[:-1], fd)
+        fd = os.dup(self._last[1])
         try:
             if member.isdir():
                 self.directory(fd, parts, member)
