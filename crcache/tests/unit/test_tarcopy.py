@@ -2,10 +2,11 @@
 
 Each hostile archive is built in memory and extracted into ``dest`` inside
 a scratch directory that also holds files the archive must not touch: a
-sibling directory ``outside`` and a file ``dest/victim`` next to where
-the copy lands (``crcache cp inst:base dir`` must only create
-``dir/base``). After a refusal, everything but ``dest/base`` must be
-exactly as before.
+sibling directory ``outside`` (with a file ``secret`` and a directory
+``sub``) and a file ``dest/victim`` next to where the copy lands
+(``crcache cp inst:base dir`` must only create ``dir/base``). After a
+refusal, everything but ``dest/base`` must be exactly as before: contents,
+modes, owners and times.
 """
 
 from __future__ import annotations
@@ -84,10 +85,18 @@ class TarcopyTestCase(testtools.TestCase):
         os.mkdir(self.outside)
         self.secret = os.path.join(self.outside, 'secret')
         self.victim = os.path.join(self.dest, 'victim')
+        self.sub = os.path.join(self.outside, 'sub')
+        os.mkdir(self.sub, 0o700)
         for path in (self.secret, self.victim):
             with open(path, 'w') as f:
                 f.write('precious\n')
             os.chmod(path, 0o600)
+        for path in (self.secret, self.sub, self.outside):
+            if os.geteuid() == 0:
+                # Someone else's: an extraction applying owners as root
+                # would make them root's.
+                os.chown(path, 4321, 4321)
+            os.utime(path, (1_000_000, 1_000_000))
 
     def extract(self, stream: io.BytesIO, recursive: bool = True) -> None:
         tarcopy.extract(stream, self.dest, BASE, recursive, 'inst:base')
@@ -112,9 +121,24 @@ class TarcopyTestCase(testtools.TestCase):
                         content = f.read()
                 elif stat.S_ISLNK(st.st_mode):
                     content = os.readlink(path)
+                # dest's own time changes as the copy lands in it.
+                mtime = None if path == self.dest else st.st_mtime_ns
                 result[os.path.relpath(path, self.top)] = (
-                    st.st_mode, links, content)
+                    st.st_mode, st.st_uid, st.st_gid, mtime, links, content)
         return result
+
+    def links_out(self) -> list[str]:
+        """Links in the copy that lead outside it."""
+        root = os.path.join(self.dest, BASE)
+        found = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                path = os.path.join(dirpath, name)
+                real = os.path.realpath(path)
+                if os.path.islink(path) and not (
+                        real == root or real.startswith(root + os.sep)):
+                    found.append(path)
+        return found
 
 
 class TestHostileArchives(TarcopyTestCase):
@@ -251,6 +275,235 @@ class TestHostileArchives(TarcopyTestCase):
         self.assertRefused(io.BytesIO(data))
 
 
+def escape(at: str, via: str,
+           to: str = 'outside/secret') -> list[tarfile.TarInfo]:
+    """Links that re-point: ``at`` ends up leading to ``to`` outside.
+
+    ``at`` -> ``[../]via/via/../../to`` (as many ``via`` as ``..``) reads
+    as inside, and resolves inside when it is made, as ``via`` points
+    deeper into the copy then; ``via`` is then re-pointed to ``.``,
+    inside too, and ``at`` climbs out to ``to``, a path relative to the
+    directory holding ``dest``.
+    """
+    at_dir, via_dir = at.rsplit('/', 1)[0], via.rsplit('/', 1)[0]
+    assert (at_dir + '/').startswith(via_dir + '/'), (at, via)
+    prefix = '../' * (at_dir.count('/') - via_dir.count('/'))
+    up = via_dir.count('/') + 2  # from via's directory to dest's parent
+    hops = '/'.join([via.rsplit('/', 1)[-1]] * up)
+    climb = '/'.join(['..'] * up)
+    return [symlink(via, 'x/y'),
+            symlink(at, f'{prefix}{hops}/{climb}/{to}'),
+            symlink(via, '.')]
+
+
+class TestRepointedLinks(TarcopyTestCase):
+    """Links re-pointed after their check must not lead a write out.
+
+    The archives of issue 8: each makes a link that is inside when made
+    and leads outside once another link it goes through is re-pointed
+    (or starts from a link already in the destination, or hard-links a
+    link), then has a member written at or through it.
+    """
+
+    def assertRefused(self, stream: io.BytesIO, name: str,
+                      *reasons: str) -> exceptions.InstancePathError:
+        before = self.snapshot()
+        links_before = self.links_out()
+        err = self.assertRaises(exceptions.InstancePathError, self.extract,
+                                stream)
+        self.assertThat(str(err), testtools.matchers.StartsWith(
+            f'inst:base: refused archive member {name!r}: '))
+        for reason in reasons:
+            self.assertIn(reason, str(err))
+        self.assertEqual(before, self.snapshot())
+        # Including none the archive made: the copy is no way out.
+        self.assertEqual(links_before, self.links_out())
+        return err
+
+    def test_escape_chain_really_leads_out(self) -> None:
+        # The archives below are only as good as this chain: made by hand,
+        # it does lead to the secret, and looks inside until re-pointed.
+        os.makedirs(os.path.join(self.dest, BASE, 'd1', 'd2', 'd3'))
+        for at, via in ((BASE + '/a', BASE + '/c'),
+                        (BASE + '/d1/d2/d3/a', BASE + '/d1/d2/d3/c'),
+                        (BASE + '/d1/d2/a', BASE + '/c'),
+                        (BASE + '/d1/d2/a', BASE + '/d1/c')):
+            first, made, repointed = escape(at, via)
+            a, c = (os.path.join(self.dest, name) for name in (at, via))
+            os.symlink(first.linkname, c)
+            os.symlink(made.linkname, a)
+            self.assertTrue(os.path.realpath(a).startswith(
+                os.path.join(self.dest, BASE) + os.sep), made.linkname)
+            os.unlink(c)
+            os.symlink(repointed.linkname, c)
+            self.assertEqual(self.secret, os.path.realpath(a),
+                             made.linkname)
+            os.unlink(a)
+            os.unlink(c)
+
+    def test_directory_member_at_a_repointed_link(self) -> None:
+        self.assertRefused(archive(
+            directory(BASE), *escape(BASE + '/a', BASE + '/c'),
+            directory(BASE + '/a', 0o777)), BASE + '/a', 'symbolic link')
+
+    def test_directory_member_at_a_repointed_link_deep(self) -> None:
+        self.assertRefused(archive(
+            directory(BASE), directory(BASE + '/d1'),
+            directory(BASE + '/d1/d2'), directory(BASE + '/d1/d2/d3'),
+            *escape(BASE + '/d1/d2/d3/a', BASE + '/d1/d2/d3/c'),
+            directory(BASE + '/d1/d2/d3/a', 0o777)), BASE + '/d1/d2/d3/a')
+
+    def test_link_deep_through_a_repointed_link_at_the_top(self) -> None:
+        self.assertRefused(archive(
+            directory(BASE), directory(BASE + '/d1'),
+            directory(BASE + '/d1/d2'),
+            *escape(BASE + '/d1/d2/a', BASE + '/c'),
+            directory(BASE + '/d1/d2/a', 0o777)), BASE + '/d1/d2/a')
+
+    def test_repointed_link_to_an_outside_directory(self) -> None:
+        self.assertRefused(archive(
+            directory(BASE),
+            *escape(BASE + '/a', BASE + '/c', to='outside/sub'),
+            directory(BASE + '/a', 0o777), file(BASE + '/a/evil')),
+            BASE + '/a')
+        self.assertEqual([], os.listdir(self.sub))
+
+    def test_file_member_through_a_repointed_link(self) -> None:
+        self.assertRefused(archive(
+            directory(BASE),
+            *escape(BASE + '/a', BASE + '/c', to='outside/sub'),
+            file(BASE + '/a/evil')), BASE + '/a/evil', f"'{BASE}/a' is")
+        self.assertEqual([], os.listdir(self.sub))
+
+    def test_directory_member_under_a_link_to_a_repointed_link(self) -> None:
+        # p leads to the real directory q, inside; q/a escapes. Writing
+        # p/a must not follow p, nor q/a.
+        self.assertRefused(archive(
+            directory(BASE), directory(BASE + '/q'),
+            symlink(BASE + '/p', 'q'),
+            *escape(BASE + '/q/a', BASE + '/q/c'),
+            directory(BASE + '/p/a', 0o777)), BASE + '/p/a',
+            f"'{BASE}/p' is a symbolic link")
+
+    def test_repointed_link_left_behind(self) -> None:
+        # Nothing is written through it, but the copy would hold a link
+        # out: the check at the end finds it.
+        self.assertRefused(archive(
+            directory(BASE), *escape(BASE + '/a', BASE + '/c'),
+            file(BASE + '/f')), BASE + '/a', 'leads outside the copy')
+        self.assertFalse(os.path.lexists(os.path.join(self.dest, BASE,
+                                                      'a')))
+
+    def test_repointed_link_left_behind_deep(self) -> None:
+        self.assertRefused(archive(
+            directory(BASE), directory(BASE + '/d1'),
+            directory(BASE + '/d1/d2'),
+            *escape(BASE + '/d1/d2/a', BASE + '/d1/c')),
+            BASE + '/d1/d2/a', 'leads outside the copy')
+
+    def test_link_replaced_by_a_directory_and_back(self) -> None:
+        self.assertRefused(archive(
+            directory(BASE), directory(BASE + '/x'),
+            symlink(BASE + '/c', 'x'),
+            symlink(BASE + '/a', 'c/c/../../outside/secret'),
+            directory(BASE + '/c'), symlink(BASE + '/c', '.'),
+            directory(BASE + '/a', 0o777)), BASE + '/c', 'symbolic link')
+
+    def test_directory_replaced_by_a_link(self) -> None:
+        self.assertRefused(archive(
+            directory(BASE), directory(BASE + '/d'),
+            symlink(BASE + '/d', '.'), file(BASE + '/d/f')), BASE + '/d',
+            'a directory of that name')
+
+    def test_hard_link_to_a_link(self) -> None:
+        # A hard link to a symbolic link is that link, read from another
+        # directory: '../../outside/secret' from d1/d2 is inside, from
+        # the top it is not.
+        self.assertRefused(archive(
+            directory(BASE), directory(BASE + '/d1'),
+            directory(BASE + '/d1/d2'),
+            symlink(BASE + '/d1/d2/s', '../../outside/secret'),
+            hardlink(BASE + '/h', BASE + '/d1/d2/s')), BASE + '/h',
+            'not a file written earlier')
+        self.assertEqual(1, os.stat(self.secret).st_nlink)
+
+    def test_hard_link_to_a_file_replaced_by_a_link(self) -> None:
+        link = hardlink(BASE + '/h', BASE + '/d1/d2/s')
+        link.mode = 0o777
+        self.assertRefused(archive(
+            directory(BASE), directory(BASE + '/d1'),
+            directory(BASE + '/d1/d2'), file(BASE + '/d1/d2/s'),
+            symlink(BASE + '/d1/d2/s', '../../outside/secret'), link),
+            BASE + '/h')
+
+    def test_hard_link_to_a_repointed_link(self) -> None:
+        self.assertRefused(archive(
+            directory(BASE), file(BASE + '/f'),
+            *escape(BASE + '/a', BASE + '/c'),
+            hardlink(BASE + '/h', BASE + '/a')), BASE + '/h')
+
+    def test_hard_link_through_a_repointed_link(self) -> None:
+        self.assertRefused(archive(
+            directory(BASE), directory(BASE + '/q'), file(BASE + '/q/f'),
+            symlink(BASE + '/p', 'q'),
+            hardlink(BASE + '/h', BASE + '/p/f')), BASE + '/h')
+
+    def test_file_over_a_hard_link_writes_a_new_file(self) -> None:
+        # Not refused: the file replaces the link instead of writing into
+        # the inode it shares.
+        self.extract(archive(
+            directory(BASE), file(BASE + '/f', b'first'),
+            hardlink(BASE + '/h', BASE + '/f'),
+            file(BASE + '/h', b'second', mode=0o777)))
+        with open(os.path.join(self.dest, BASE, 'f'), 'rb') as f:
+            self.assertEqual(b'first', f.read())
+        self.assertEqual(0o644, stat.S_IMODE(os.stat(
+            os.path.join(self.dest, BASE, 'f')).st_mode))
+
+    def test_directory_member_at_a_link_already_in_destination(self) -> None:
+        base = os.path.join(self.dest, BASE)
+        os.mkdir(base)
+        os.symlink('../../outside/secret', os.path.join(base, 'x'))
+        self.assertRefused(archive(
+            directory(BASE), directory(BASE + '/x', 0o777)), BASE + '/x')
+
+    def test_destination_copy_is_a_link_already(self) -> None:
+        # dest/base itself is the user's link to a directory elsewhere.
+        os.symlink('../outside/sub', os.path.join(self.dest, BASE))
+        before = self.snapshot()
+        err = self.assertRaises(exceptions.InstancePathError, self.extract,
+                                archive(directory(BASE, 0o777),
+                                        file(BASE + '/evil')))
+        self.assertIn(f'refused archive member {BASE!r}', str(err))
+        self.assertEqual(before, self.snapshot())
+        self.assertEqual([], os.listdir(self.sub))
+
+    def test_file_under_a_link_already_in_destination(self) -> None:
+        base = os.path.join(self.dest, BASE)
+        os.mkdir(base)
+        os.symlink('../../outside/sub', os.path.join(base, 'x'))
+        self.assertRefused(archive(
+            directory(BASE), file(BASE + '/x/evil')), BASE + '/x/evil')
+        self.assertEqual([], os.listdir(self.sub))
+
+    def test_symlink_over_a_directory(self) -> None:
+        self.assertRefused(archive(
+            directory(BASE), directory(BASE + '/d'),
+            symlink(BASE + '/d', '.')), BASE + '/d')
+
+    def test_top_level_link_to_itself_then_directory(self) -> None:
+        self.assertRefused(archive(
+            symlink(BASE, BASE), directory(BASE, 0o777),
+            file(BASE + '/f')), BASE)
+
+    def test_relative_link_through_two_dots_in_parent(self) -> None:
+        # 'x/..' reads as inside; with x -> '.' it is the destination.
+        self.assertRefused(archive(
+            directory(BASE), symlink(BASE + '/y', 'x/..'),
+            symlink(BASE + '/x', '.')), BASE + '/y',
+            'leads outside the copy')
+
+
 class TestGoodArchives(TarcopyTestCase):
 
     def mode(self, *parts: str) -> int:
@@ -332,6 +585,81 @@ class TestGoodArchives(TarcopyTestCase):
         self.extract(archive(directory(BASE), file(BASE + '/f')))
         self.assertEqual(before, self.snapshot())
 
+    def test_merges_into_an_existing_copy(self) -> None:
+        # As cp -r does: what is there stays, what the archive has wins,
+        # and the directories take the archive's modes.
+        base = os.path.join(self.dest, BASE)
+        os.makedirs(os.path.join(base, 'sub'))
+        for name in ('keep', 'sub/old', 'f'):
+            with open(os.path.join(base, name), 'w') as f:
+                f.write('mine')
+        os.chmod(os.path.join(base, 'sub'), 0o500)
+        self.addCleanup(os.chmod, os.path.join(base, 'sub'), 0o755)
+        self.extract(archive(
+            directory(BASE, 0o750), file(BASE + '/f', b'new'),
+            directory(BASE + '/sub', 0o550),
+            file(BASE + '/sub/g', b'g')))
+        self.assertEqual(b'mine', self.read(BASE, 'keep'))
+        self.assertEqual(b'mine', self.read(BASE, 'sub', 'old'))
+        self.assertEqual(b'new', self.read(BASE, 'f'))
+        self.assertEqual(b'g', self.read(BASE, 'sub', 'g'))
+        self.assertEqual(0o750, self.mode(BASE))
+        self.assertEqual(0o550, self.mode(BASE, 'sub'))
+
+    def test_missing_parents_are_made(self) -> None:
+        self.extract(archive(file(BASE + '/a/b/f', b'deep')))
+        self.assertEqual(b'deep', self.read(BASE, 'a', 'b', 'f'))
+
+    def test_link_replaced_by_a_file_is_not_written_through(self) -> None:
+        self.extract(archive(
+            directory(BASE), file(BASE + '/a', b'A'),
+            symlink(BASE + '/s', 'a'), file(BASE + '/s', b'S', 0o600)))
+        self.assertEqual(b'A', self.read(BASE, 'a'))
+        self.assertEqual(0o644, self.mode(BASE, 'a'))
+        self.assertFalse(os.path.islink(os.path.join(self.dest, BASE, 's')))
+        self.assertEqual(b'S', self.read(BASE, 's'))
+
+    def test_link_already_in_destination_is_replaced(self) -> None:
+        # A file member replaces the user's link by the archive's file; it
+        # never writes through it.
+        base = os.path.join(self.dest, BASE)
+        os.mkdir(base)
+        os.symlink('../../outside/secret', os.path.join(base, 's'))
+        before = self.snapshot()
+        self.extract(archive(directory(BASE),
+                             file(BASE + '/s', b'S', 0o777)))
+        self.assertEqual(before, self.snapshot())
+        self.assertFalse(os.path.islink(os.path.join(base, 's')))
+        self.assertEqual(b'S', self.read(BASE, 's'))
+
+    def test_hard_link_keeps_the_file_it_was_made_to(self) -> None:
+        # A later file of the first name is a new file; the link keeps
+        # the inode it joined.
+        self.extract(archive(
+            directory(BASE), file(BASE + '/f', b'one'),
+            hardlink(BASE + '/h', BASE + '/f'), file(BASE + '/f', b'two'),
+            hardlink(BASE + '/h2', BASE + '/f')))
+        self.assertEqual(b'one', self.read(BASE, 'h'))
+        self.assertEqual(b'two', self.read(BASE, 'h2'))
+        self.assertEqual(
+            os.stat(os.path.join(self.dest, BASE, 'f')).st_ino,
+            os.stat(os.path.join(self.dest, BASE, 'h2')).st_ino)
+
+    def test_nested_directory_times_kept(self) -> None:
+        members = []
+        for i, name in enumerate((BASE, BASE + '/a', BASE + '/a/b')):
+            d = directory(name, 0o555)
+            d.mtime = 1_000_000_000 + i
+            members.append(d)
+        self.extract(archive(*members, file(BASE + '/a/b/f'),
+                             file(BASE + '/a/g')))
+        for i, parts in enumerate(((BASE,), (BASE, 'a'),
+                                   (BASE, 'a', 'b'))):
+            path = os.path.join(self.dest, *parts)
+            self.addCleanup(os.chmod, path, 0o755)
+            self.assertEqual(1_000_000_000 + i, int(os.stat(path).st_mtime))
+            self.assertEqual(0o555, self.mode(*parts))
+
 
 class ShellSource(BackendSource):
     """Runs commands with /bin/sh in a directory standing for a remote home.
@@ -379,7 +707,8 @@ class TestCopyOverRun(testtools.TestCase):
         busybox = '/bin/busybox'
         if os.path.exists(busybox):
             bin_dir = self.useFixture(fixtures.TempDir()).path
-            for tool in ('tar', 'mktemp', 'dirname', 'basename', 'mv', 'rm'):
+            for tool in ('tar', 'mktemp', 'dirname', 'basename', 'mv', 'rm',
+                         'cat', 'stat', 'chmod', 'touch'):
                 os.symlink(busybox, os.path.join(bin_dir, tool))
             found.append(ShellSource(self.remote, bin_dir + ':/usr/bin:/bin'))
         return found
@@ -453,3 +782,41 @@ class TestCopyOverRun(testtools.TestCase):
             self.assertFalse(os.path.islink(target))
             with open(target) as f:
                 self.assertEqual('#!/bin/sh\necho x\n', f.read())
+
+    def test_remote_paths_starting_with_a_dash(self) -> None:
+        # Relative paths on the instance that tools could read as options.
+        for i, source in enumerate(self.sources()):
+            for entry in os.scandir(self.remote):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+            os.mkdir(os.path.join(self.remote, '-into'))
+            shared = os.path.join(self.tree, 'shared')
+            source.copy_in({}, shared, '-f', recursive=False)
+            source.copy_in({}, shared, '-into', recursive=False)
+            source.copy_in({}, self.tree, '-tree', recursive=True)
+            source.copy_in({}, self.tree, '-into', recursive=True)
+            source.copy_in({}, self.tree, '-into/-deeper', recursive=True)
+            for path in ('-f', '-into/shared'):
+                with open(os.path.join(self.remote, path)) as f:
+                    self.assertEqual('group writable', f.read())
+            for path in ('-tree', '-into/tree', '-into/-deeper'):
+                self.assertSameTree(self.tree,
+                                    os.path.join(self.remote, path))
+            back = os.path.join(self.local, f'back-{i}')
+            os.mkdir(back)
+            source.copy_out({}, '-f', os.path.join(back, 'f'), False)
+            source.copy_out({}, '-into/shared', back, False)
+            source.copy_out({}, '-tree', os.path.join(back, 't'), True)
+            source.copy_out({}, '-into/-deeper', back, True)
+            source.copy_out({}, '-tree/', os.path.join(back, 'u'), True)
+            self.assertEqual(0o664, stat.S_IMODE(os.stat(
+                os.path.join(back, 'f')).st_mode))
+            self.assertEqual(0o664, stat.S_IMODE(os.stat(
+                os.path.join(back, 'shared')).st_mode))
+            for path in ('t', '-deeper', 'u'):
+                self.assertSameTree(self.tree, os.path.join(back, path))
+            err = self.assertRaises(exceptions.CopyError, source.copy_out,
+                                    {}, '-nosuch', back, False)
+            self.assertIn('-nosuch: no such file or directory', str(err))
