@@ -4,9 +4,9 @@ Started in the background by :mod:`crcache.agentclient` (``python -m
 crcache.agent SOCKET``), it imports everything a command may need once,
 then waits on a private unix socket. For each connection it checks that
 the peer is the same user before reading anything, reads the request as
-it arrives without ever waiting on one client (a request must be whole
-within :data:`crcache.daemon.REQUEST_DEADLINE` seconds), forks, and the
-worker takes on the client's
+it arrives without ever waiting on one client, answers "ready", reads the
+client's descriptors (all within :data:`crcache.daemon.REQUEST_DEADLINE`
+seconds of connecting), forks, and the worker takes on the client's
 arguments, environment, working directory, umask and stdin/stdout/stderr
 (passed as descriptors) before running the command exactly as a direct
 invocation would. The agent reports the worker's pid, then its exit
@@ -65,14 +65,15 @@ def preload() -> None:
 
 
 class _Pending:
-    """A client whose request has not fully arrived yet."""
+    """A client whose request (then descriptors) has not fully arrived."""
 
-    __slots__ = ('conn', 'incoming', 'deadline')
+    __slots__ = ('conn', 'incoming', 'deadline', 'request')
 
     def __init__(self, conn: socket.socket, deadline: float) -> None:
         self.conn = conn
         self.incoming = daemon.Incoming(max_fds=3)
         self.deadline = deadline
+        self.request: tuple | None = None
 
     def close(self) -> None:
         self.incoming.close()
@@ -229,6 +230,10 @@ class Agent:
                 self._drop(fd)
 
     def _read(self, fd: int) -> None:
+        # Two messages: the request, answered with "ready" at once, then
+        # the client's descriptors. A client only sends its descriptors
+        # to an agent that has just answered, so none are left in the
+        # socket of one that is stuck, holding its pipes open.
         pending = self.pending[fd]
         try:
             while not pending.incoming.receive(pending.conn):
@@ -238,26 +243,24 @@ class Agent:
         except Exception:  # hung up, malformed, too big: never ours to fix
             self._drop(fd)
             return
-        request = pending.incoming.message
-        if (not _valid_request(request) or len(pending.incoming.fds) != 3
-                or not self._still_there(pending.conn)):
+        message = pending.incoming.message
+        fds = len(pending.incoming.fds)
+        if pending.request is None:
+            if (not _valid_request(message) or fds
+                    or not daemon.only_request(pending.conn)
+                    or not self._send(pending.conn, 'ready', None)):
+                self._drop(fd)
+                return
+            pending.request = message
+            pending.incoming = daemon.Incoming(max_fds=3)
+            return
+        if (message != ('fds',) or fds != 3
+                or not daemon.only_request(pending.conn)):
             self._drop(fd)
             return
         del self.pending[fd]
-        self._start(pending.conn, request, pending.incoming.take_fds())
-
-    @staticmethod
-    def _still_there(conn: socket.socket) -> bool:
-        # A client that gave up on us (its deadline) has hung up; it runs
-        # the command itself, so it must not run here too. One that sent
-        # more than its request is not a client of ours.
-        try:
-            conn.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return True
-        except OSError:
-            pass
-        return False
+        self._start(pending.conn, pending.request,
+                    pending.incoming.take_fds())
 
     def _start(self, conn: socket.socket, request: tuple,
                fds: list[int]) -> None:

@@ -152,20 +152,23 @@ def run(argv: list[str]) -> int | None:
     request = marshal.dumps((PROTOCOL, list(argv), dict(os.environ), cwd,
                              mask, os.getpid(), os.getppid(), sys.argv[0],
                              daemon.warned()))
-    fds = _std_fds()
-    fd_bytes = b''.join(fd.to_bytes(4, sys.byteorder, signed=True)
-                        for fd in fds)
     forwarder = _Forwarder()
     try:
-        try:
-            sock.sendmsg(
-                [len(request).to_bytes(4, 'big') + request],
-                [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd_bytes)])
-        except OSError:  # it went, or dropped us: nothing ran
-            return _nothing_ran(forwarder)
-        return _wait(sock, forwarder, path)
+        return _wait(sock, forwarder, path,
+                     len(request).to_bytes(4, 'big') + request)
     finally:
         sock.close()
+
+
+def _send_fds(sock: '_socket.socket') -> None:
+    """Our stdin, stdout and stderr, for the worker to take on."""
+    fds = _std_fds()
+    message = marshal.dumps(('fds',))
+    sock.sendmsg(
+        [len(message).to_bytes(4, 'big') + message],
+        [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+          b''.join(fd.to_bytes(4, sys.byteorder, signed=True)
+                   for fd in fds))])
 
 
 class _Forwarder:
@@ -214,18 +217,26 @@ def _nothing_ran(forwarder: _Forwarder) -> None:
     return None  # the caller runs the command directly
 
 
-def _wait(sock: '_socket.socket', forwarder: _Forwarder,
-          path: str) -> int | None:
-    # The agent answers at once with the worker's pid: one that does not
-    # is stuck, and the command runs directly instead. Hanging up first
-    # makes sure it never runs there too (the agent checks before it
-    # forks, and kills a worker it cannot report).
+def _wait(sock: '_socket.socket', forwarder: _Forwarder, path: str,
+          request: bytes) -> int | None:
+    # The agent answers each step at once: "ready" to the request (only
+    # then do our descriptors go, so a stuck agent never holds them),
+    # then the worker's pid. One that does not is stuck, and the command
+    # runs directly instead; hanging up first makes sure it never runs
+    # there too (the agent checks before each step, and kills a worker
+    # it cannot report).
     sock.settimeout(ANSWER_DEADLINE)
     while True:
         try:
+            if request:
+                sock.sendall(request)
+                request = b''
             header = _recv_exact(sock, 4)
             kind, value = marshal.loads(
                 _recv_exact(sock, int.from_bytes(header, 'big')))
+            if kind == 'ready':
+                _send_fds(sock)
+                continue
         except TimeoutError:
             sys.stderr.write(
                 f'crcache: the crcache agent ({path}) did not answer within '

@@ -419,6 +419,24 @@ class Incoming:
                 pass
 
 
+def only_request(sock) -> bool:
+    """Whether the client that sent us its request still waits for the
+    answer and has sent nothing more.
+
+    One that gave up waiting has hung up, and runs the command itself:
+    it must not run here too. One that sent more than its request is
+    not speaking our protocol.
+    """
+    import _socket
+    try:
+        sock.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True
+    except OSError:
+        pass
+    return False
+
+
 def receive_message(sock, with_fds: int = 0,
                     deadline: float | None = None
                     ) -> tuple[object, list[int]]:

@@ -41,7 +41,7 @@ from crcache import daemon
 if TYPE_CHECKING:
     from crcache.sources.ssh import Settings
 
-PROTOCOL = 1
+PROTOCOL = 2
 #: Seconds, beyond the connect timeout (which bounds opening a channel),
 #: that a holder has to start a command or answer a ping.
 REPLY_MARGIN = 5.0
@@ -102,37 +102,55 @@ def run(settings: 'Settings', line: str, stdin: int, stdout: int,
         stderr: int) -> int | None:
     """Run ``line`` through a holder; None when there is none to use.
 
-    None is only returned before the command has started, so the caller
-    can run it directly instead.
+    None is only returned before the command can have started, so the
+    caller can run it directly instead.
     """
     sock = _connect(settings)
     if sock is None:
         return None
+    from crcache import exceptions
     from crcache import process
-    wait = settings.timeout + REPLY_MARGIN
+    # Opening a channel is bounded by the connect timeout.
+    ready_within = settings.timeout + REPLY_MARGIN
     try:
         with process.foreground(process.REMOTE, ()) as job:
             try:
-                _send(sock, ('exec', line), [stdin, stdout, stderr])
-                reply, _ = _recv(sock, deadline=time.monotonic() + wait)
+                _send(sock, ('exec', line))
+                reply, _ = _recv(sock,
+                                 deadline=time.monotonic() + ready_within)
             except TimeoutError:
                 # Hanging up tells it not to start the command after all.
                 sys.stderr.write(
                     f'crcache: the ssh connection holder for '
-                    f'{settings.label} did not start the command within '
-                    f'{wait:g}s; connecting directly\n')
+                    f'{settings.label} did not answer within '
+                    f'{ready_within:g}s; connecting directly\n')
                 return None
             except (OSError, EOFError, ValueError):
                 return None
-            if not (isinstance(reply, tuple) and reply
-                    and reply[0] == 'started'):
+            if reply != ('ready',):
                 return None  # busy or broken: connect directly
+            # Only now do our descriptors go: a holder that is stuck
+            # never holds them (and with them our pipes) open.
+            try:
+                _send(sock, ('fds',), [stdin, stdout, stderr])
+                reply, _ = _recv(
+                    sock, deadline=time.monotonic() + REPLY_MARGIN)
+            except TimeoutError:
+                # It may start the command yet: running it directly too
+                # could run it twice.
+                raise exceptions.SourceError(
+                    settings.source, f'{settings.label}: the ssh connection '
+                    f'holder did not start the command within '
+                    f'{REPLY_MARGIN:g}s')
+            except (OSError, EOFError, ValueError):
+                return None
+            if reply != ('started',):
+                return None  # could not start it: connect directly
             job.started(_RemoteSignals(sock))
             try:
                 reply, _ = _recv(sock)
             except (OSError, EOFError, ValueError):
                 reply = None
-            from crcache import exceptions
             if not (isinstance(reply, tuple) and len(reply) == 2):
                 raise exceptions.SourceError(
                     settings.source, f'{settings.label}: the connection '
@@ -229,44 +247,56 @@ class Holder:
             return self.active > 0 or idle < self.persist
 
     def _handle(self, client: socket.socket) -> None:
-        # Connected is not busy: only a running command (counted in
-        # _exec) keeps the holder up, so a client that sends nothing, or
-        # dribbles, is dropped at the request deadline and postpones
-        # nothing.
-        fds: list[int] = []
+        # Connected is not busy: only a command being started or run
+        # (counted in _exec) keeps the holder up, so a client that sends
+        # nothing, or dribbles, is dropped at the request deadline and
+        # postpones nothing.
         try:
             _, uid = daemon.peer(client)
             if uid != os.geteuid():
                 return  # before reading a byte of it
             request, fds = _recv(
-                client, with_fds=3,
-                deadline=time.monotonic() + daemon.REQUEST_DEADLINE)
-            if request == ('ping',) and not fds:
+                client, deadline=time.monotonic() + daemon.REQUEST_DEADLINE)
+            if request == ('ping',):
                 _send(client, ('pong',))
             elif (isinstance(request, tuple) and len(request) == 2
                     and request[0] == 'exec'
-                    and isinstance(request[1], str) and len(fds) == 3):
-                self._exec(client, request[1], fds)
+                    and isinstance(request[1], str)):
+                if daemon.only_request(client):
+                    self._exec(client, request[1])
             else:
                 _send(client, ('error', 'malformed request'))
         except Exception as err:  # one bad request never stops the holder
             with contextlib.suppress(Exception):
                 _send(client, ('error', str(err)))
         finally:
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
             client.close()
 
-    def _exec(self, client: socket.socket, line: str,
-              fds: list[int]) -> None:
+    def _exec(self, client: socket.socket, line: str) -> None:
+        """Open a channel, say "ready", take the client's descriptors,
+        start ``line`` and move its bytes until it ends."""
         from crcache import exceptions
         from crcache import sshconn
+        fds: list[int] = []
+        chan = None
         with self.lock:
             self.active += 1
         try:
             try:
                 chan = self.conn.session()
+            except (exceptions.CrcacheError, Exception) as err:
+                _send(client, ('busy', str(err)))
+                return
+            _send(client, ('ready',))
+            message, fds = _recv(
+                client, with_fds=3,
+                deadline=time.monotonic() + daemon.REQUEST_DEADLINE)
+            if message != ('fds',) or len(fds) != 3:
+                _send(client, ('error', 'malformed request'))
+                return
+            if not daemon.only_request(client):
+                return  # it gave up on us, and runs the command itself
+            try:
                 chan.exec_command(line)
             except (exceptions.CrcacheError, Exception) as err:
                 _send(client, ('busy', str(err)))
@@ -274,9 +304,7 @@ class Holder:
             try:
                 _send(client, ('started',))
             except OSError:
-                # The client gave up waiting and runs the command itself.
-                chan.close()
-                return
+                return  # it gave up on us: the channel closes below
 
             def watch() -> None:
                 # Signals from the client; its hang-up closes the channel.
@@ -295,6 +323,11 @@ class Holder:
             chan.close()
             _send(client, ('exit', status))
         finally:
+            if chan is not None:
+                chan.close()
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             with self.lock:
                 self.active -= 1
                 self.last_used = time.monotonic()
