@@ -229,3 +229,17 @@ def hung_up_on(sock: socket.socket, timeout: float) -> bool:
 def fd_count(pid: int) -> int:
     """How many descriptors process ``pid`` has open."""
     return len(os.listdir(f'/proc/{pid}/fd'))
+
+
+def settled_fd_count(pid: int, quiet: float = 0.5,
+                     timeout: float = 10) -> int:
+    """:func:`fd_count` once it has not changed for ``quiet`` seconds
+    (what a request just served had open is closed by then)."""
+    deadline = time.monotonic() + timeout
+    count, since = fd_count(pid), time.monotonic()
+    while time.monotonic() - since < quiet and time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = fd_count(pid)
+        if now != count:
+            count, since = now, time.monotonic()
+    return count

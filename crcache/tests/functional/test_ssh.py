@@ -74,8 +74,9 @@ class SSHTestCase(base.CLITestCase):
         return self._pids(f'crcache.sshholder {self.runtime}/')
 
     def holder_sockets(self) -> list[str]:
+        from crcache import sshholder
         return glob.glob(os.path.join(self.runtime, 'crcache',
-                                      'ssh1-*.sock'))
+                                      f'ssh{sshholder.PROTOCOL}-*.sock'))
 
     def _stop_helpers(self) -> None:
         # The agent and the holders this test's commands left behind.
@@ -624,19 +625,39 @@ class TestConnectionHolder(SSHTestCase):
         self.assertEqual([pid], self.holder_pids())
         self.assertEqual(connections, self._connection(name))
 
+    def test_stuck_holder_is_given_up_on_and_runs_nothing(self) -> None:
+        name, path, pid = self._one_holder(ssh_connect_timeout=1)
+        counter = os.path.join(self.home, 'counter')
+        os.kill(pid, signal.SIGSTOP)
+        self.addCleanup(os.kill, pid, signal.SIGCONT)
+        started = time.monotonic()
+        result = self.run_on(name, f'echo once >> {counter}', timeout=60)
+        self.assertLess(time.monotonic() - started, 1 + 5 + 5)
+        self.assertEqual(
+            'crcache: the ssh connection holder for '
+            f'{self.server.user}@127.0.0.1:{self.server.port} did not '
+            'answer within 6s; connecting directly\n', result.stderr)
+        os.kill(pid, signal.SIGCONT)
+        # Awake, it finds a request whose client hung up: it runs nothing
+        # (the command ran once, directly) and serves the next ones.
+        connection = self._connection(name)
+        self.assertEqual(connection, self._connection(name))
+        self.assertEqual([pid], self.holder_pids())
+        with open(counter) as f:
+            self.assertEqual('once\n', f.read())
+
     def test_malformed_requests_are_refused_and_leak_nothing(self) -> None:
         from crcache import daemon
         name, path, pid = self._one_holder()
         marker = os.path.join(self.home, 'ran')
         exec_it = ('exec', f'touch {marker}')
+        good, fds = framed(exec_it), framed(('fds',))
         null = os.open(os.devnull, os.O_RDWR)
         self.addCleanup(os.close, null)
         three, one, five = [null] * 3, [null], [null] * 5
-
-        def framed(message: object) -> bytes:
-            return hostile.frame(marshal.dumps(message))
-
-        cases = {
+        # What goes wrong with the request itself (descriptors sent along
+        # must not stay open in the holder) ...
+        first = {
             'not marshal data': (hostile.frame(b'\xffnot marshal'), three),
             'not a tuple': (framed(42), three),
             'unknown request': (framed(('format', '/')), three),
@@ -644,19 +665,36 @@ class TestConnectionHolder(SSHTestCase):
             'too many fields': (framed(exec_it + ('more',)), three),
             'empty message': (hostile.frame(b''), three),
             'length past the data, then hang-up': (
-                hostile.frame(marshal.dumps(exec_it), 1000), three),
+                hostile.frame(good[4:], 1000), three),
             'length over the limit': (hostile.frame(b'x', 1 << 30), three),
             'descriptors and one byte, then hang-up': (b'\0', three),
-            'one descriptor': (framed(exec_it), one),
-            'five descriptors': (framed(exec_it), five),
-            'no descriptors': (framed(exec_it), None),
+            'descriptors with the request': (good, three),
             'ping with descriptors': (framed(('ping',)), three),
+            'bytes after the request': (good + b'xx', None),
         }
-        before = hostile.fd_count(pid)
-        for label, (data, fds) in cases.items():
+        # ... and with the descriptors, once the holder said "ready".
+        second = {
+            'one descriptor': (fds, one),
+            'five descriptors': (fds, five),
+            'no descriptors': (fds, None),
+            'another message': (framed(('files',)), three),
+            'bytes after the descriptors': (fds + b'xx', three),
+            'hang-up instead': (b'', None),
+            'length past the data, then hang-up': (
+                hostile.frame(fds[4:], 100), three),
+        }
+        cases = [(False, label, case) for label, case in first.items()]
+        cases += [(True, label, case) for label, case in second.items()]
+        before = hostile.settled_fd_count(pid)
+        for after_ready, label, (data, attached) in cases:
             sock = hostile.raw_connect(path)
             try:
-                hostile.send_raw(sock, data, fds)
+                if after_ready:
+                    hostile.send_raw(sock, good)
+                    self.assertEqual(('ready',),
+                                     daemon.receive_message(sock)[0])
+                if data:
+                    hostile.send_raw(sock, data, attached)
                 sock.shutdown(socket.SHUT_WR)
                 self.assertTrue(hostile.hung_up_on(sock, 10), label)
             finally:
@@ -671,12 +709,19 @@ class TestConnectionHolder(SSHTestCase):
         # refused for what is wrong with them.
         sock = hostile.raw_connect(path)
         self.addCleanup(sock.close)
-        hostile.send_raw(sock, framed(exec_it), three)
+        hostile.send_raw(sock, good)
+        self.assertEqual(('ready',), daemon.receive_message(sock)[0])
+        hostile.send_raw(sock, fds, three)
         self.assertEqual(('started',), daemon.receive_message(sock)[0])
         self.assertEqual(('exit', 0), daemon.receive_message(sock)[0])
         self.assertTrue(os.path.exists(marker))
         self.wait_for(lambda: hostile.fd_count(pid) == before, 5,
                       'the holder to close the last request\'s descriptors')
+
+
+def framed(message: object) -> bytes:
+    """``message`` as crcache's daemons frame it."""
+    return hostile.frame(marshal.dumps(message))
 
 
 class TestLargeStream(SSHTestCase):
