@@ -35,7 +35,7 @@ import _signal
 import _socket
 
 PROTOCOL = 2
-#: Seconds the agent has to take a request on (it forks at once).
+#: Seconds the agent has to answer each step (it answers at once).
 ANSWER_DEADLINE = 10.0
 #: Environment variable that turns the agent off (0, no, off, false).
 DISABLE_ENV = 'CRCACHE_AGENT'

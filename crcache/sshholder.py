@@ -248,9 +248,10 @@ class Holder:
 
     def _handle(self, client: socket.socket) -> None:
         # Connected is not busy: only a command being started or run
-        # (counted in _exec) keeps the holder up, so a client that sends
-        # nothing, or dribbles, is dropped at the request deadline and
-        # postpones nothing.
+        # (counted in _exec) keeps the holder up, and only one that ran
+        # restarts the ssh_persist clock. A client that sends nothing, or
+        # dribbles, is dropped at the request deadline and postpones
+        # nothing.
         try:
             _, uid = daemon.peer(client)
             if uid != os.geteuid():
@@ -279,6 +280,7 @@ class Holder:
         from crcache import sshconn
         fds: list[int] = []
         chan = None
+        started = False
         with self.lock:
             self.active += 1
         try:
@@ -301,6 +303,7 @@ class Holder:
             except (exceptions.CrcacheError, Exception) as err:
                 _send(client, ('busy', str(err)))
                 return
+            started = True
             try:
                 _send(client, ('started',))
             except OSError:
@@ -330,7 +333,8 @@ class Holder:
                     os.close(fd)
             with self.lock:
                 self.active -= 1
-                self.last_used = time.monotonic()
+                if started:  # what ssh_persist counts from
+                    self.last_used = time.monotonic()
 
 
 def main(argv: list[str] | None = None) -> int:
