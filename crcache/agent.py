@@ -2,8 +2,11 @@
 
 Started in the background by :mod:`crcache.agentclient` (``python -m
 crcache.agent SOCKET``), it imports everything a command may need once,
-then waits on a private unix socket. For each request it checks that the
-peer is the same user, forks, and the worker takes on the client's
+then waits on a private unix socket. For each connection it checks that
+the peer is the same user before reading anything, reads the request as
+it arrives without ever waiting on one client, answers "ready", reads the
+client's descriptors (all within :data:`crcache.daemon.REQUEST_DEADLINE`
+seconds of connecting), forks, and the worker takes on the client's
 arguments, environment, working directory, umask and stdin/stdout/stderr
 (passed as descriptors) before running the command exactly as a direct
 invocation would. The agent reports the worker's pid, then its exit
@@ -23,7 +26,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import time
 
@@ -62,14 +64,60 @@ def preload() -> None:
         version.version_string()
 
 
+class _Pending:
+    """A client whose request (then descriptors) has not fully arrived."""
+
+    __slots__ = ('conn', 'incoming', 'deadline', 'request')
+
+    def __init__(self, conn: socket.socket, deadline: float) -> None:
+        self.conn = conn
+        self.incoming = daemon.Incoming(max_fds=3)
+        self.deadline = deadline
+        self.request: tuple | None = None
+
+    def close(self) -> None:
+        self.incoming.close()
+        self.conn.close()
+
+
+def _valid_request(request: object) -> bool:
+    """Whether ``request`` has exactly the shape the client sends."""
+    if not (isinstance(request, tuple) and len(request) == 9
+            and request[0] == agentclient.PROTOCOL):
+        return False
+    (_, argv, env, cwd, umask, client_pid, client_ppid, argv0,
+     warned) = request
+    return (isinstance(argv, list) and all(isinstance(a, str) for a in argv)
+            and isinstance(env, dict)
+            and all(isinstance(k, str) and isinstance(v, str)
+                    for k, v in env.items())
+            and isinstance(cwd, str) and isinstance(argv0, str)
+            and all(isinstance(n, int) and not isinstance(n, bool)
+                    for n in (umask, client_pid, client_ppid))
+            and isinstance(warned, list)
+            and all(isinstance(w, str) for w in warned))
+
+
 class Agent:
-    """Accepts requests on ``path`` and runs each in a forked worker."""
+    """Accepts requests on ``path`` and runs each in a forked worker.
+
+    One thread, one poll loop, and nothing in it blocks on a client: a
+    connection is checked (same uid) before anything is read from it,
+    its request is read without blocking as it arrives, and a request
+    not complete :data:`~crcache.daemon.REQUEST_DEADLINE` seconds after
+    connecting is dropped. Descriptors that came with a request that is
+    dropped, for whatever reason, are closed.
+    """
+
+    #: Requests being read at once; past this, the oldest is dropped.
+    MAX_PENDING = 64
 
     def __init__(self, path: str, idle: float) -> None:
         self.path = path
         self.idle = idle
         self.listener: socket.socket | None = None
         self.workers: dict[int, socket.socket] = {}
+        self.pending: dict[int, _Pending] = {}
         self._gone: set[socket.socket] = set()
         self._wake_r, self._wake_w = os.pipe()
 
@@ -80,6 +128,7 @@ class Agent:
         self.listener = daemon.claim(self.path)
         if self.listener is None:
             return False
+        self.listener.setblocking(False)
         self._inode = os.stat(self.path).st_ino
         return True
 
@@ -96,27 +145,39 @@ class Agent:
         try:
             while True:
                 self._reap()
+                now = time.monotonic()
+                self._expire(now)
                 if self.workers:
-                    last_busy = time.monotonic()
-                timeout = self.idle - (time.monotonic() - last_busy)
+                    last_busy = now
+                timeout = self.idle - (now - last_busy)
                 if timeout <= 0 and not self.workers:
                     return
                 if not self._still_ours():
                     return
-                watched = [self.listener, self._wake_r,
-                           *(c for c in self.workers.values()
-                             if c not in self._gone)]
-                ready, _, _ = select.select(watched, [], [],
-                                            max(timeout, 0.01))
-                for item in ready:
-                    if item is self.listener:
+                for pending in self.pending.values():
+                    timeout = min(timeout, pending.deadline - now)
+                # poll, not select: any number of descriptors will do.
+                poller = select.poll()
+                poller.register(self.listener, select.POLLIN)
+                poller.register(self._wake_r, select.POLLIN)
+                for fd in self.pending:
+                    poller.register(fd, select.POLLIN)
+                clients = {c.fileno(): c for c in self.workers.values()
+                           if c not in self._gone}
+                for fd in clients:
+                    poller.register(fd, select.POLLIN)
+                ready = poller.poll(max(timeout, 0.01) * 1000)
+                for fd, _ in ready:
+                    if fd == self.listener.fileno():
                         self._accept()
                         last_busy = time.monotonic()
-                    elif item == self._wake_r:
+                    elif fd == self._wake_r:
                         with contextlib.suppress(BlockingIOError):
                             os.read(self._wake_r, 4096)
-                    else:
-                        self._client_gone(item)
+                    elif fd in self.pending:
+                        self._read(fd)
+                    elif fd in clients:
+                        self._client_gone(clients[fd])
         finally:
             self.close()
 
@@ -124,6 +185,9 @@ class Agent:
         return daemon.still_ours(self.path, self._inode)
 
     def close(self) -> None:
+        for pending in self.pending.values():
+            pending.close()
+        self.pending.clear()
         if self.listener is not None:
             if self._still_ours():
                 with contextlib.suppress(OSError):
@@ -136,13 +200,70 @@ class Agent:
     def _accept(self) -> None:
         try:
             conn, _ = self.listener.accept()
-        except OSError:
+        except OSError:  # gone already, or out of descriptors
             return
         try:
-            request, fds = self._read_request(conn)
-        except Exception:
+            _, uid = daemon.peer(conn)
+        except OSError:
             conn.close()
             return
+        if uid != os.geteuid():
+            conn.close()  # before reading a byte of it
+            return
+        conn.setblocking(False)
+        if len(self.pending) >= self.MAX_PENDING:
+            oldest = min(self.pending, key=lambda fd:
+                         self.pending[fd].deadline)
+            self._drop(oldest)
+        self.pending[conn.fileno()] = _Pending(
+            conn, time.monotonic() + daemon.REQUEST_DEADLINE)
+        self._read(conn.fileno())  # usually all there already
+
+    def _drop(self, fd: int) -> None:
+        pending = self.pending.pop(fd, None)
+        if pending is not None:
+            pending.close()
+
+    def _expire(self, now: float) -> None:
+        for fd, pending in list(self.pending.items()):
+            if pending.deadline <= now:
+                self._drop(fd)
+
+    def _read(self, fd: int) -> None:
+        # Two messages: the request, answered with "ready" at once, then
+        # the client's descriptors. A client only sends its descriptors
+        # to an agent that has just answered, so none are left in the
+        # socket of one that is stuck, holding its pipes open.
+        pending = self.pending[fd]
+        try:
+            while not pending.incoming.receive(pending.conn):
+                pass
+        except BlockingIOError:
+            return  # the rest later (or never: then the deadline)
+        except Exception:  # hung up, malformed, too big: never ours to fix
+            self._drop(fd)
+            return
+        message = pending.incoming.message
+        fds = len(pending.incoming.fds)
+        if pending.request is None:
+            if (not _valid_request(message) or fds
+                    or not daemon.only_request(pending.conn)
+                    or not self._send(pending.conn, 'ready', None)):
+                self._drop(fd)
+                return
+            pending.request = message
+            pending.incoming = daemon.Incoming(max_fds=3)
+            return
+        if (message != ('fds',) or fds != 3
+                or not daemon.only_request(pending.conn)):
+            self._drop(fd)
+            return
+        del self.pending[fd]
+        self._start(pending.conn, pending.request,
+                    pending.incoming.take_fds())
+
+    def _start(self, conn: socket.socket, request: tuple,
+               fds: list[int]) -> None:
         try:
             pid = os.fork()
         except OSError:
@@ -160,30 +281,19 @@ class Agent:
         for fd in fds:
             os.close(fd)
         self.workers[pid] = conn
-        self._send(conn, 'pid', pid)
-
-    def _read_request(self, conn: socket.socket) -> tuple[tuple, list[int]]:
-        conn.settimeout(5)
-        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                struct.calcsize('3i'))
-        _, uid, _ = struct.unpack('3i', creds)
-        try:
-            request, fds = daemon.receive_message(conn, with_fds=3)
-        except (ValueError, EOFError, OSError):
-            raise PermissionError('refused request')
-        if uid != os.getuid() or len(fds) != 3:
-            for fd in fds:
-                os.close(fd)
-            raise PermissionError('refused request')
-        if request[0] != agentclient.PROTOCOL:
-            raise ValueError('protocol mismatch')
-        conn.settimeout(None)
-        return request, fds
+        if not self._send(conn, 'pid', pid):
+            # The client cannot hear about it: it will run the command
+            # itself, so this one must not carry on.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     @staticmethod
-    def _send(conn: socket.socket, kind: str, value: object) -> None:
-        with contextlib.suppress(OSError):
+    def _send(conn: socket.socket, kind: str, value: object) -> bool:
+        try:
             daemon.send_message(conn, (kind, value))
+            return True
+        except OSError:
+            return False
 
     def _reap(self) -> None:
         while self.workers:
@@ -220,7 +330,7 @@ class Agent:
         status = 1
         try:
             (_, argv, env, cwd, umask, client_pid, client_ppid,
-             argv0) = request
+             argv0, warned) = request
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP,
                         signal.SIGQUIT):
@@ -235,6 +345,8 @@ class Agent:
             conn.close()
             for other in self.workers.values():
                 other.close()
+            for pending in self.pending.values():
+                pending.close()  # other clients' requests and descriptors
             for target, fd in enumerate(fds):
                 os.dup2(fd, target)
                 os.close(fd)
@@ -244,6 +356,7 @@ class Agent:
             os.umask(umask)
             sys.argv = [argv0, *argv]
             _reopen_std_streams()
+            daemon.set_warned(warned)  # the client said these already
             from crcache import invocation
             invocation.set_client(client_pid, client_ppid, sys.argv)
             from crcache import app

@@ -15,6 +15,14 @@ for the next one; it exits by itself after ``$CRCACHE_AGENT_IDLE`` seconds
 (default 120) without work. ``CRCACHE_AGENT=0`` turns it off. Commands
 whose stdin is a terminal always run directly, so interactive shells and
 job control behave exactly as without an agent.
+
+The command line, environment and descriptors go only to an agent that
+provably runs as the same user: the client checks the socket's directory,
+the socket file and the listening process's uid before sending anything
+(:func:`crcache.daemon.connect`), and says so on stderr when it ignores a
+socket. An agent that does not take the request within
+:data:`ANSWER_DEADLINE` seconds is given up on, also said, and the
+command runs directly.
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ import sys
 import _signal
 import _socket
 
-PROTOCOL = 1
+PROTOCOL = 2
+#: Seconds the agent has to answer each step (it answers at once).
+ANSWER_DEADLINE = 10.0
 #: Environment variable that turns the agent off (0, no, off, false).
 DISABLE_ENV = 'CRCACHE_AGENT'
 IDLE_ENV = 'CRCACHE_AGENT_IDLE'
@@ -47,17 +57,11 @@ def enabled(env: dict | None = None) -> bool:
         return True
 
 
-def runtime_dir(env: dict | None = None) -> str:
-    """The private directory that holds agent sockets (not created)."""
-    env = os.environ if env is None else env
-    base = env.get('XDG_RUNTIME_DIR')
-    if base and os.path.isabs(base):
-        return os.path.join(base, 'crcache')
-    cache = env.get('XDG_CACHE_HOME')
-    if not (cache and os.path.isabs(cache)):
-        cache = os.path.join(env.get('HOME') or os.path.expanduser('~'),
-                             '.cache')
-    return os.path.join(cache, 'crcache', 'run')
+def runtime_dir(env: dict | None = None) -> str | None:
+    """The private directory that holds agent sockets (not created); see
+    :func:`crcache.daemon.runtime_dir`."""
+    from crcache import daemon
+    return daemon.runtime_dir(env)
 
 
 def fingerprint() -> str:
@@ -92,9 +96,12 @@ def fingerprint() -> str:
                                                        'surrogateescape'))
 
 
-def socket_path(env: dict | None = None) -> str:
-    """Where this installation's agent listens."""
-    return os.path.join(runtime_dir(env), f'agent-{fingerprint()}.sock')
+def socket_path(env: dict | None = None) -> str | None:
+    """Where this installation's agent listens; None if nowhere safe."""
+    directory = runtime_dir(env)
+    if directory is None:
+        return None
+    return os.path.join(directory, f'agent-{fingerprint()}.sock')
 
 
 def _recv_exact(sock: '_socket.socket', size: int) -> bytes:
@@ -123,17 +130,16 @@ def run(argv: list[str]) -> int | None:
     if not enabled():
         return None
     path = socket_path()
-    if len(path.encode()) > 100:  # AF_UNIX path limit
+    if path is None or len(path.encode()) > 100:  # AF_UNIX path limit
         return None
-    directory = os.path.dirname(path)
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    from crcache import daemon
     try:
-        from crcache import daemon
-        if not daemon.private_dir(directory):
-            raise OSError('no private runtime directory')
-        sock.connect(path)
-    except OSError:
-        sock.close()
+        sock = daemon.connect(path)
+    except daemon.Refused as why:
+        sys.stderr.write(f'crcache: ignoring agent socket {path}: {why}; '
+                         'running directly\n')
+        sock = None
+    if sock is None:
         spawn(path)
         return None
     try:
@@ -144,18 +150,25 @@ def run(argv: list[str]) -> int | None:
     mask = os.umask(0)
     os.umask(mask)
     request = marshal.dumps((PROTOCOL, list(argv), dict(os.environ), cwd,
-                             mask, os.getpid(), os.getppid(), sys.argv[0]))
-    fds = _std_fds()
-    fd_bytes = b''.join(fd.to_bytes(4, sys.byteorder, signed=True)
-                        for fd in fds)
+                             mask, os.getpid(), os.getppid(), sys.argv[0],
+                             daemon.warned()))
     forwarder = _Forwarder()
     try:
-        sock.sendmsg(
-            [len(request).to_bytes(4, 'big') + request],
-            [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd_bytes)])
-        return _wait(sock, forwarder)
+        return _wait(sock, forwarder, path,
+                     len(request).to_bytes(4, 'big') + request)
     finally:
         sock.close()
+
+
+def _send_fds(sock: '_socket.socket') -> None:
+    """Our stdin, stdout and stderr, for the worker to take on."""
+    fds = _std_fds()
+    message = marshal.dumps(('fds',))
+    sock.sendmsg(
+        [len(message).to_bytes(4, 'big') + message],
+        [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+          b''.join(fd.to_bytes(4, sys.byteorder, signed=True)
+                   for fd in fds))])
 
 
 class _Forwarder:
@@ -196,29 +209,50 @@ class _Forwarder:
             _signal.signal(getattr(_signal, name), _signal.SIG_DFL)
 
 
-def _wait(sock: '_socket.socket', forwarder: _Forwarder) -> int | None:
-    worker = [0]
+def _nothing_ran(forwarder: _Forwarder) -> None:
+    forwarder.restore()
+    if forwarder.pending:
+        # Asked to stop before anything ran: do so.
+        os.kill(os.getpid(), forwarder.pending[0])
+    return None  # the caller runs the command directly
+
+
+def _wait(sock: '_socket.socket', forwarder: _Forwarder, path: str,
+          request: bytes) -> int | None:
+    # The agent answers each step at once: "ready" to the request (only
+    # then do our descriptors go, so a stuck agent never holds them),
+    # then the worker's pid. One that does not is stuck, and the command
+    # runs directly instead; hanging up first makes sure it never runs
+    # there too (the agent checks before each step, and kills a worker
+    # it cannot report).
+    sock.settimeout(ANSWER_DEADLINE)
     while True:
         try:
+            if request:
+                sock.sendall(request)
+                request = b''
             header = _recv_exact(sock, 4)
             kind, value = marshal.loads(
                 _recv_exact(sock, int.from_bytes(header, 'big')))
-        except (EOFError, OSError, ValueError):
-            if not worker[0]:
-                forwarder.restore()
-                if forwarder.pending:
-                    # Asked to stop before anything ran: do so.
-                    os.kill(os.getpid(), forwarder.pending[0])
-                return None  # nothing ran: the caller runs directly
+            if kind == 'ready':
+                _send_fds(sock)
+                continue
+        except TimeoutError:
+            sys.stderr.write(
+                f'crcache: the crcache agent ({path}) did not answer within '
+                f'{ANSWER_DEADLINE:g}s; running directly\n')
+            return _nothing_ran(forwarder)
+        except (EOFError, OSError, ValueError, TypeError):
+            if not forwarder.pid:
+                return _nothing_ran(forwarder)
             sys.stderr.write('crcache: lost contact with the crcache '
                              'agent while the command ran\n')
             return 255
         if kind == 'pid':
-            worker[0] = value
+            sock.settimeout(None)
             forwarder.started(value)
         elif kind == 'refused':
-            forwarder.restore()
-            return None
+            return _nothing_ran(forwarder)
         elif kind == 'exit':
             return value
         elif kind == 'signal':

@@ -1,47 +1,239 @@
-"""What crcache's background processes share: starting and claiming.
+"""What crcache's background processes share: where they live, how they
+start and claim their socket, and how either end makes sure the other is
+the same user.
 
 The agent and the ssh connection holders are started by whichever
 command first needs them, run detached, log to a file beside their
-socket, and listen on a unix socket in a private (0700) directory. Two
-of them may be started for the same socket at once; only one may serve
-it, and a socket left by one that died must not keep the next out.
+socket, and listen on a unix socket in a private directory: ours, mode
+0700, not a symbolic link. Two of them may be started for the same socket
+at once; only one may serve it, and a socket left by one that died must
+not keep the next out.
 
-``spawn`` runs in the agent's client, which imports builtin modules only,
-so this module imports nothing else at import time.
+Whoever talks to such a socket hands over command lines and its open
+descriptors, so a client only talks to one that provably belongs to the
+same user: :func:`connect` checks the directory, the socket file and the
+listening process's ``SO_PEERCRED`` uid before a byte is sent, and a
+server checks its client's uid before reading a byte. A request has
+:data:`REQUEST_DEADLINE` seconds to arrive whole: a client that stalls is
+dropped instead of holding anyone up.
+
+Where the sockets live (:func:`runtime_dir`): ``$XDG_RUNTIME_DIR/crcache``
+when that is ours and private (or not there yet), else
+``$XDG_CACHE_HOME/crcache/run`` (``~/.cache/crcache/run``): a shared or
+hostile ``XDG_RUNTIME_DIR`` never stops crcache, it just moves its
+sockets home, saying so once.
+
+The agent's client uses this module, and it imports builtin modules
+only, so this module imports nothing else.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
+
+#: Seconds a client has, from connecting, to send its whole request.
+REQUEST_DEADLINE = 5.0
+#: Seconds to wait for a connection to a socket's listen queue.
+CONNECT_DEADLINE = 5.0
+#: Largest message either end accepts (an agent request carries the
+#: whole environment).
+MAX_MESSAGE = 32 << 20
+
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """Print ``crcache: message`` on stderr, once per process."""
+    if message in _warned:
+        return
+    _warned.add(message)
+    try:
+        sys.stderr.write(f'crcache: {message}\n')
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def warned() -> list[str]:
+    """What this process has warned about (a worker need not repeat it)."""
+    return sorted(_warned)
+
+
+def set_warned(messages: list[str]) -> None:
+    """Take over what the client already printed."""
+    _warned.update(messages)
+
+
+# -- where sockets may live -------------------------------------------------
+
+def directory_problem(directory: str) -> str | None:
+    """Why ``directory`` is no place for our sockets, or None.
+
+    It must be a real directory (not a symbolic link) of ours that nobody
+    else may enter. One that does not exist yet is fine: we create it.
+    """
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f'cannot be examined ({err.strerror})'
+    if stat.S_ISLNK(st.st_mode):
+        return 'is a symbolic link'
+    if not stat.S_ISDIR(st.st_mode):
+        return 'is not a directory'
+    me = os.geteuid()
+    if st.st_uid != me:
+        return f'is owned by uid {st.st_uid}, not by you (uid {me})'
+    if st.st_mode & 0o077:
+        return (f'is open to other users (mode '
+                f'{stat.S_IMODE(st.st_mode):o}, not 700)')
+    return None
 
 
 def private_dir(directory: str) -> bool:
-    """Whether ``directory`` is ours and closed to everyone else."""
+    """Whether ``directory`` exists, is ours and closed to everyone else."""
+    return os.path.isdir(directory) and directory_problem(directory) is None
+
+
+def runtime_dir(env: dict | None = None) -> str | None:
+    """The private directory for crcache's sockets (not created).
+
+    ``$XDG_RUNTIME_DIR/crcache``, unless something unsafe is in the way
+    there (another user's directory in a shared ``XDG_RUNTIME_DIR``, or
+    one open to others): then ``$XDG_CACHE_HOME/crcache/run``, with one
+    line on stderr saying so. None, also said once, when neither is
+    usable: the agent and the ssh holders then stay off.
+    """
+    env = os.environ if env is None else env
+    candidates = []
+    base = env.get('XDG_RUNTIME_DIR')
+    if base and os.path.isabs(base):
+        candidates.append(os.path.join(base, 'crcache'))
+    cache = env.get('XDG_CACHE_HOME')
+    if not (cache and os.path.isabs(cache)):
+        cache = os.path.join(env.get('HOME') or os.path.expanduser('~'),
+                             '.cache')
+    candidates.append(os.path.join(cache, 'crcache', 'run'))
+    refused = []
+    for directory in candidates:
+        problem = directory_problem(directory)
+        if problem is None:
+            if refused:
+                warn_once(f'not keeping sockets in {refused[0]}; using '
+                          f'{directory} instead')
+            return directory
+        refused.append(f'{directory}: it {problem}')
+    warn_once('no private directory for the crcache agent and ssh '
+              'connection holders (' + '; '.join(refused)
+              + '); running without them')
+    return None
+
+
+# -- talking to a socket safely ---------------------------------------------
+
+class Refused(Exception):
+    """Something listens (or lies) where our socket should be, and it is
+    not provably ours; the message says why."""
+
+
+def peer(sock) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of a unix socket.
+
+    For a client, that is whoever called ``listen()`` on the socket.
+    """
+    import _socket
+    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    return (int.from_bytes(creds[0:4], sys.byteorder, signed=True),
+            int.from_bytes(creds[4:8], sys.byteorder))
+
+
+def connect(path: str):  # -> _socket.socket | None
+    """Connect to our daemon's socket at ``path``, if it is safe to.
+
+    None when nothing answers there (no socket, a stale one, or one too
+    busy to take a connection in time). Raises :class:`Refused` when
+    something is there that is not provably ours: the directory is not
+    private, the socket file is not ours, or the process listening on it
+    is another user's. All of this is checked before anything is sent,
+    so a refused socket learns nothing (no command line, no
+    descriptors). The socket returned blocks without a deadline; set one
+    for each wait.
+    """
     try:
-        st = os.stat(directory)
+        return _open(path)
     except OSError:
-        return False
-    return st.st_uid == os.getuid() and not st.st_mode & 0o077
+        return None
 
 
-def spawn(socket_path: str, module: str, *args: str) -> None:
+def _open(path: str):  # -> _socket.socket
+    """:func:`connect`, raising OSError when nothing answers in time."""
+    import _socket
+    directory = os.path.dirname(path)
+    problem = directory_problem(directory)
+    if problem is not None:
+        raise Refused(f'{directory} {problem}')
+    st = os.lstat(path)
+    me = os.geteuid()
+    if not stat.S_ISSOCK(st.st_mode):
+        raise Refused('it is not a socket')
+    if st.st_uid != me:
+        raise Refused(f'it is owned by uid {st.st_uid}, not by you '
+                      f'(uid {me})')
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(CONNECT_DEADLINE)
+        sock.connect(path)
+        pid, uid = peer(sock)
+        sock.settimeout(None)
+    except BaseException:
+        sock.close()
+        raise
+    if uid != me:
+        sock.close()
+        raise Refused(f'it is served by uid {uid} (pid {pid}), not by you '
+                      f'(uid {me})')
+    return sock
+
+
+# -- starting and claiming ---------------------------------------------------
+
+def spawn(socket_path: str, module: str, *args: str,
+          stdin: bytes = b'') -> None:
     """Run ``python -m module socket_path args...`` detached; never raises.
 
     The process leaves our session (so our terminal's signals and our
     death do not reach it), is reparented to init, starts in ``/`` with
-    stdin and stdout on /dev/null and stderr appended to the ``.log``
-    beside its socket.
+    stdout on /dev/null and stderr appended to the ``.log`` beside its
+    socket. Its stdin is a pipe holding ``stdin``, then EOF (/dev/null if
+    that is empty): the way to hand it what must not show in ``ps``.
     """
+    if len(stdin) > 65536:  # more than a pipe holds unread
+        return
+    read_end = -1
     try:
         directory = os.path.dirname(socket_path)
         os.makedirs(directory, mode=0o700, exist_ok=True)
         if not private_dir(directory):
             return
+        if stdin:
+            read_end, write_end = os.pipe()
+            try:
+                view = memoryview(stdin)
+                while view:
+                    view = view[os.write(write_end, view):]
+            finally:
+                os.close(write_end)
         pid = os.fork()
     except OSError:
+        if read_end >= 0:
+            os.close(read_end)
         return
     if pid:
+        if read_end >= 0:
+            os.close(read_end)
         try:
             os.waitpid(pid, 0)
         except OSError:
@@ -54,7 +246,7 @@ def spawn(socket_path: str, module: str, *args: str) -> None:
         null = os.open(os.devnull, os.O_RDWR)
         log = os.open(socket_path[:-len('.sock')] + '.log',
                       os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(null, 0)
+        os.dup2(read_end if read_end >= 0 else null, 0)
         os.dup2(null, 1)
         os.dup2(log, 2)
         os.closerange(3, 1024)
@@ -65,29 +257,48 @@ def spawn(socket_path: str, module: str, *args: str) -> None:
         os._exit(0)
 
 
-def claim(path: str, backlog: int = 128):  # -> socket.socket | None
-    """Listen on ``path`` (mode 0600), unless a live process already does.
+def read_stdin(limit: int = 65536) -> bytes:
+    """What :func:`spawn` handed us on stdin; stdin is /dev/null after."""
+    data = b''
+    while len(data) <= limit:
+        chunk = os.read(0, 65536)
+        if not chunk:
+            break
+        data += chunk
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return data
 
-    A socket nobody answers on is stale and replaced. A lock file beside
-    it makes the check and the replacement one step, so of two processes
-    started together exactly one gets the socket.
+
+def claim(path: str, backlog: int = 128):  # -> socket.socket | None
+    """Listen on ``path`` (mode 0600), unless a live daemon of ours does.
+
+    A socket nobody answers on is stale and replaced; so is one that is
+    not ours (another user's file, or served by another user's process:
+    only root could have put it in our private directory, and it must
+    not keep ours out). A lock file beside it makes the check and the
+    replacement one step, so of two processes started together exactly
+    one gets the socket.
     """
     import fcntl
     import socket
+    if not private_dir(os.path.dirname(path)):
+        return None
     lock = os.open(path + '.lock', os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            probe.connect(path)
-            return None  # someone serves it
-        except OSError:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-        finally:
-            probe.close()
+            _open(path).close()
+            return None  # one of ours serves it
+        except TimeoutError:
+            return None  # one of ours, too busy to answer at once
+        except (Refused, OSError):
+            pass  # stale, or not ours: replace it
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o077)
         try:
@@ -112,57 +323,146 @@ def still_ours(path: str, inode: int) -> bool:
         return False
 
 
+# -- messages ---------------------------------------------------------------
 # Messages between crcache processes on these sockets: a 4-byte length,
 # then marshal data (both ends run the same interpreter); descriptors
-# ride along as SCM_RIGHTS on the first byte. (The agent's client frames
-# its side by hand, with builtin modules only.)
+# ride along as SCM_RIGHTS on the first byte.
 
 def send_message(sock, message: object, fds: list[int] | None = None
                  ) -> None:
     """Send one message, with ``fds`` attached if given."""
+    import _socket
     import marshal
-    import socket
-    import struct
     data = marshal.dumps(message)
     payload = len(data).to_bytes(4, 'big') + data
     if fds:
-        sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                  struct.pack(f'{len(fds)}i', *fds))])
+        sock.sendmsg([payload], [(
+            _socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+            b''.join(fd.to_bytes(4, sys.byteorder, signed=True)
+                     for fd in fds))])
     else:
         sock.sendall(payload)
 
 
-def receive_message(sock, with_fds: int = 0) -> tuple[object, list[int]]:
-    """Receive one message and the descriptors (up to ``with_fds``) sent
-    with it. Raises EOFError if the peer hangs up first."""
-    import marshal
-    import socket
-    import struct
-    fds: list[int] = []
-    if with_fds:
-        data, ancdata, _, _ = sock.recvmsg(
-            65536, socket.CMSG_SPACE(with_fds * 4))
-        for level, kind, blob in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                usable = len(blob) - len(blob) % 4
-                fds.extend(struct.unpack(f'{usable // 4}i', blob[:usable]))
-    else:
-        data = b''
-    try:
-        data = _fill(sock, data, 4)
-        size = int.from_bytes(data[:4], 'big')
-        body = _fill(sock, data[4:], size)
-        return marshal.loads(body), fds
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
+class Incoming:
+    """One message arriving in pieces, with the descriptors sent along.
 
+    Reads no further than the message's end (later messages stay in the
+    socket), refuses more than ``max_fds`` descriptors and messages over
+    :data:`MAX_MESSAGE`, and owns the descriptors received until
+    :meth:`take_fds`: :meth:`close` closes them, whatever went wrong.
+    """
 
-def _fill(sock, data: bytes, size: int) -> bytes:
-    while len(data) < size:
-        more = sock.recv(size - len(data))
-        if not more:
+    def __init__(self, max_fds: int = 0) -> None:
+        self.max_fds = max_fds
+        self.data = bytearray()
+        self.fds: list[int] = []
+        self.done = False
+        self.message: object = None
+
+    def _wanted(self) -> int:
+        if len(self.data) < 4:
+            return 4 - len(self.data)
+        size = int.from_bytes(self.data[:4], 'big')
+        if size > MAX_MESSAGE:
+            raise ValueError(f'message of {size} bytes is too large')
+        return min(4 + size - len(self.data), 1 << 20)
+
+    def receive(self, sock) -> bool:
+        """Take what one read of ``sock`` gives; True once complete.
+
+        Raises EOFError if the peer hangs up first, ValueError for a
+        malformed message, OSError (BlockingIOError on a non-blocking
+        socket with nothing to read) from the socket.
+        """
+        import _socket
+        import marshal
+        wanted = self._wanted()
+        if self.max_fds:
+            data, ancdata, flags, _ = sock.recvmsg(
+                wanted, _socket.CMSG_SPACE(self.max_fds * 4),
+                _socket.MSG_CMSG_CLOEXEC)
+            for level, kind, blob in ancdata:
+                if (level == _socket.SOL_SOCKET
+                        and kind == _socket.SCM_RIGHTS):
+                    usable = len(blob) - len(blob) % 4
+                    self.fds.extend(
+                        int.from_bytes(blob[i:i + 4], sys.byteorder,
+                                       signed=True)
+                        for i in range(0, usable, 4))
+            if flags & _socket.MSG_CTRUNC or len(self.fds) > self.max_fds:
+                raise ValueError('too many descriptors')
+        else:
+            data = sock.recv(wanted)
+        if not data:
             raise EOFError
-        data += more
-    return data
+        self.data += data
+        if len(self.data) >= 4 and self._wanted() == 0:
+            try:
+                self.message = marshal.loads(bytes(self.data[4:]))
+            except (EOFError, TypeError, ValueError) as err:
+                raise ValueError(f'malformed message: {err}')
+            self.done = True
+        return self.done
+
+    def take_fds(self) -> list[int]:
+        """The descriptors received, now the caller's to close."""
+        fds, self.fds = self.fds, []
+        return fds
+
+    def close(self) -> None:
+        """Close the descriptors received (if not taken)."""
+        for fd in self.take_fds():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def only_request(sock) -> bool:
+    """Whether the client that sent us its request still waits for the
+    answer and has sent nothing more.
+
+    One that gave up waiting has hung up, and runs the command itself:
+    it must not run here too. One that sent more than its request is
+    not speaking our protocol.
+    """
+    import _socket
+    try:
+        sock.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True
+    except OSError:
+        pass
+    return False
+
+
+def receive_message(sock, with_fds: int = 0,
+                    deadline: float | None = None
+                    ) -> tuple[object, list[int]]:
+    """Receive one message and the descriptors (up to ``with_fds``) sent
+    with it, by ``deadline`` (a ``time.monotonic()`` value) if given.
+
+    Raises EOFError if the peer hangs up first, TimeoutError at the
+    deadline, ValueError for a malformed message; received descriptors
+    are closed on every error.
+    """
+    import time
+    incoming = Incoming(with_fds)
+    saved = sock.gettimeout()
+    try:
+        while True:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError('no complete message in time')
+                sock.settimeout(left)
+            if incoming.receive(sock):
+                return incoming.message, incoming.take_fds()
+    finally:
+        incoming.close()
+        if deadline is not None:
+            try:
+                sock.settimeout(saved)
+            except OSError:
+                pass

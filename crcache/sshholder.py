@@ -15,6 +15,14 @@ holder (stale socket) just means the next command connects directly.
 The socket's name is derived from everything that decides how the host
 is reached and trusted, so a changed ``source.conf`` gets a new holder.
 
+A holder is as careful as the agent (see :mod:`crcache.daemon`): a
+command is handed only to a holder that provably runs as the same user
+(a socket that is not is ignored, saying so, and the command connects
+directly); the settings (host, port, user, key, known_hosts) reach it on
+a pipe, never on its command line, where ``ps`` would show them to
+everyone; and only running commands keep it up, while a client that
+connects and does not send its request in time is dropped.
+
 The client half of this module imports no paramiko.
 """
 
@@ -23,25 +31,29 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import struct
 import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from crcache import agentclient
 from crcache import daemon
 
 if TYPE_CHECKING:
     from crcache.sources.ssh import Settings
 
-PROTOCOL = 1
+PROTOCOL = 2
+#: Seconds, beyond the connect timeout (which bounds opening a channel),
+#: that a holder has to start a command or answer a ping.
+REPLY_MARGIN = 5.0
 
 
-def socket_path(settings: 'Settings') -> str:
-    """Where the holder for a source's settings listens."""
-    return os.path.join(agentclient.runtime_dir(),
-                        f'ssh{PROTOCOL}-{settings.digest}.sock')
+def socket_path(settings: 'Settings') -> str | None:
+    """Where the holder for a source's settings listens; None if there is
+    no private directory for it."""
+    directory = daemon.runtime_dir()
+    if directory is None:
+        return None
+    return os.path.join(directory, f'ssh{PROTOCOL}-{settings.digest}.sock')
 
 
 def _send(sock: socket.socket, message: Any,
@@ -49,9 +61,9 @@ def _send(sock: socket.socket, message: Any,
     daemon.send_message(sock, message, fds)
 
 
-def _recv(sock: socket.socket, with_fds: int = 0
-          ) -> tuple[Any, list[int]]:
-    return daemon.receive_message(sock, with_fds)
+def _recv(sock: socket.socket, with_fds: int = 0,
+          deadline: float | None = None) -> tuple[Any, list[int]]:
+    return daemon.receive_message(sock, with_fds, deadline)
 
 
 # -- the client side ---------------------------------------------------------
@@ -70,47 +82,81 @@ class _RemoteSignals:
 
 
 def _connect(settings: 'Settings') -> socket.socket | None:
+    """A connection to our holder for ``settings``, if one safely answers.
+
+    A socket that is not provably ours gets nothing, not even the command
+    line; the user is told, and the command connects directly.
+    """
     path = socket_path(settings)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-    except OSError:
-        sock.close()
+    if path is None:
         return None
-    return sock
+    try:
+        return daemon.connect(path)
+    except daemon.Refused as why:
+        sys.stderr.write(f'crcache: ignoring ssh connection holder socket '
+                         f'{path}: {why}; connecting directly\n')
+        return None
 
 
 def run(settings: 'Settings', line: str, stdin: int, stdout: int,
         stderr: int) -> int | None:
     """Run ``line`` through a holder; None when there is none to use.
 
-    None is only returned before the command has started, so the caller
-    can run it directly instead.
+    None is only returned before the command can have started, so the
+    caller can run it directly instead.
     """
     sock = _connect(settings)
     if sock is None:
         return None
+    from crcache import exceptions
     from crcache import process
+    # Opening a channel is bounded by the connect timeout.
+    ready_within = settings.timeout + REPLY_MARGIN
     try:
         with process.foreground(process.REMOTE, ()) as job:
             try:
-                _send(sock, ('exec', line), [stdin, stdout, stderr])
-                reply, _ = _recv(sock)
-            except (OSError, EOFError):
+                _send(sock, ('exec', line))
+                reply, _ = _recv(sock,
+                                 deadline=time.monotonic() + ready_within)
+            except TimeoutError:
+                # Hanging up tells it not to start the command after all.
+                sys.stderr.write(
+                    f'crcache: the ssh connection holder for '
+                    f'{settings.label} did not answer within '
+                    f'{ready_within:g}s; connecting directly\n')
                 return None
-            if reply[0] != 'started':
+            except (OSError, EOFError, ValueError):
+                return None
+            if reply != ('ready',):
                 return None  # busy or broken: connect directly
+            # Only now do our descriptors go: a holder that is stuck
+            # never holds them (and with them our pipes) open.
+            try:
+                _send(sock, ('fds',), [stdin, stdout, stderr])
+                reply, _ = _recv(
+                    sock, deadline=time.monotonic() + REPLY_MARGIN)
+            except TimeoutError:
+                # It may start the command yet: running it directly too
+                # could run it twice.
+                raise exceptions.SourceError(
+                    settings.source, f'{settings.label}: the ssh connection '
+                    f'holder did not start the command within '
+                    f'{REPLY_MARGIN:g}s')
+            except (OSError, EOFError, ValueError):
+                return None
+            if reply != ('started',):
+                return None  # could not start it: connect directly
             job.started(_RemoteSignals(sock))
             try:
                 reply, _ = _recv(sock)
-            except (OSError, EOFError):
-                from crcache import exceptions
+            except (OSError, EOFError, ValueError):
+                reply = None
+            if not (isinstance(reply, tuple) and len(reply) == 2):
                 raise exceptions.SourceError(
                     settings.source, f'{settings.label}: the connection '
                     'holder went away while the command ran')
             if reply[0] == 'exit':
                 return reply[1]
-            from crcache import exceptions
             raise exceptions.SourceError(
                 settings.source, f'{settings.label}: {reply[1]}')
     finally:
@@ -124,19 +170,25 @@ def ping(settings: 'Settings') -> bool:
         return False
     try:
         _send(sock, ('ping',))
-        reply, _ = _recv(sock)
+        reply, _ = _recv(sock, deadline=time.monotonic() + REPLY_MARGIN)
         return reply == ('pong',)
-    except (OSError, EOFError):
+    except (OSError, EOFError, ValueError):
         return False
     finally:
         sock.close()
 
 
 def spawn(settings: 'Settings', persist: float) -> None:
-    """Start a holder for ``settings`` in the background; never raises."""
-    from crcache import daemon
-    daemon.spawn(socket_path(settings), 'crcache.sshholder', str(persist),
-                 settings.to_json())
+    """Start a holder for ``settings`` in the background; never raises.
+
+    Only the socket path and ``persist`` show on its command line: the
+    settings (host, user, key, known_hosts...) travel on its stdin.
+    """
+    path = socket_path(settings)
+    if path is None:
+        return
+    daemon.spawn(path, 'crcache.sshholder', str(persist),
+                 stdin=settings.to_json().encode())
 
 
 # -- the holder itself ------------------------------------------------------
@@ -195,65 +247,113 @@ class Holder:
             return self.active > 0 or idle < self.persist
 
     def _handle(self, client: socket.socket) -> None:
-        with self.lock:
-            self.active += 1
-        fds: list[int] = []
+        # Connected is not busy: only a command being started or run
+        # (counted in _exec) keeps the holder up, and only one that ran
+        # restarts the ssh_persist clock. A client that sends nothing, or
+        # dribbles, is dropped at the request deadline and postpones
+        # nothing.
         try:
-            creds = client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                      struct.calcsize('3i'))
-            if struct.unpack('3i', creds)[1] != os.getuid():
-                return
-            request, fds = _recv(client, with_fds=3)
-            if request[0] == 'ping':
+            _, uid = daemon.peer(client)
+            if uid != os.geteuid():
+                return  # before reading a byte of it
+            request, fds = _recv(
+                client, deadline=time.monotonic() + daemon.REQUEST_DEADLINE)
+            if request == ('ping',):
                 _send(client, ('pong',))
-            elif request[0] == 'exec' and len(fds) == 3:
-                self._exec(client, request[1], fds)
+            elif (isinstance(request, tuple) and len(request) == 2
+                    and request[0] == 'exec'
+                    and isinstance(request[1], str)):
+                if daemon.only_request(client):
+                    self._exec(client, request[1])
+            else:
+                _send(client, ('error', 'malformed request'))
         except Exception as err:  # one bad request never stops the holder
             with contextlib.suppress(Exception):
                 _send(client, ('error', str(err)))
         finally:
+            client.close()
+
+    def _exec(self, client: socket.socket, line: str) -> None:
+        """Open a channel, say "ready", take the client's descriptors,
+        start ``line`` and move its bytes until it ends."""
+        from crcache import exceptions
+        from crcache import sshconn
+        fds: list[int] = []
+        chan = None
+        started = False
+        with self.lock:
+            self.active += 1
+        try:
+            try:
+                chan = self.conn.session()
+            except (exceptions.CrcacheError, Exception) as err:
+                _send(client, ('busy', str(err)))
+                return
+            _send(client, ('ready',))
+            message, fds = _recv(
+                client, with_fds=3,
+                deadline=time.monotonic() + daemon.REQUEST_DEADLINE)
+            if message != ('fds',) or len(fds) != 3:
+                _send(client, ('error', 'malformed request'))
+                return
+            if not daemon.only_request(client):
+                return  # it gave up on us, and runs the command itself
+            try:
+                chan.exec_command(line)
+            except (exceptions.CrcacheError, Exception) as err:
+                _send(client, ('busy', str(err)))
+                return
+            started = True
+            try:
+                _send(client, ('started',))
+            except OSError:
+                return  # it gave up on us: the channel closes below
+
+            def watch() -> None:
+                # Signals from the client; its hang-up closes the channel.
+                try:
+                    while True:
+                        message, _ = _recv(client)
+                        if (isinstance(message, tuple) and len(message) == 2
+                                and message[0] == 'signal'
+                                and isinstance(message[1], str)):
+                            sshconn.send_signal(chan, message[1])
+                except (OSError, EOFError, ValueError):
+                    chan.close()
+
+            threading.Thread(target=watch, daemon=True).start()
+            status = sshconn.pump(chan, *fds)
+            chan.close()
+            _send(client, ('exit', status))
+        finally:
+            if chan is not None:
+                chan.close()
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            client.close()
             with self.lock:
                 self.active -= 1
-                self.last_used = time.monotonic()
-
-    def _exec(self, client: socket.socket, line: str,
-              fds: list[int]) -> None:
-        from crcache import exceptions
-        from crcache import sshconn
-        try:
-            chan = self.conn.session()
-            chan.exec_command(line)
-        except (exceptions.CrcacheError, Exception) as err:
-            _send(client, ('busy', str(err)))
-            return
-        _send(client, ('started',))
-
-        def watch() -> None:
-            # Signals from the client; its hang-up closes the channel.
-            try:
-                while True:
-                    message, _ = _recv(client)
-                    if message[0] == 'signal':
-                        sshconn.send_signal(chan, message[1])
-            except (OSError, EOFError, ValueError):
-                chan.close()
-
-        threading.Thread(target=watch, daemon=True).start()
-        status = sshconn.pump(chan, *fds)
-        chan.close()
-        _send(client, ('exit', status))
+                if started:  # what ssh_persist counts from
+                    self.last_used = time.monotonic()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m crcache.sshholder SOCKET PERSIST SETTINGS_JSON``."""
+    """``python -m crcache.sshholder SOCKET PERSIST``, the settings as JSON
+    on stdin (see :func:`spawn`)."""
     argv = sys.argv[1:] if argv is None else argv
     from crcache.sources import ssh
-    path, persist, spec = argv
-    holder = Holder(path, float(persist), ssh.Settings.from_json(spec))
+    if len(argv) != 2:
+        sys.stderr.write('usage: python -m crcache.sshholder SOCKET PERSIST '
+                         '< SETTINGS_JSON\n')
+        return 2
+    path, persist = argv
+    try:
+        settings = ssh.Settings.from_json(daemon.read_stdin().decode())
+    except (OSError, ValueError, TypeError) as err:
+        sys.stderr.write(f'crcache ssh holder {path}: no usable settings on '
+                         f'stdin: {err}\n')
+        return 2
+    holder = Holder(path, float(persist), settings)
     if not holder.bind():
         return 0
     try:

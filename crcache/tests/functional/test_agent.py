@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import glob
+import marshal
 import os
 import signal
+import socket
 import subprocess
+import threading
+import time
 
+from crcache import agentclient
+from crcache import daemon
 from crcache.tests.functional import base
+from crcache.tests.functional import hostile
 
 
 def _cmdline(pid: int) -> str:
@@ -23,7 +30,8 @@ def _alive(pid: int) -> bool:
         return False
 
 
-class TestAgent(base.CLITestCase):
+class AgentTestCase(base.CLITestCase):
+    """A runtime directory of the test's own, its agent watched."""
 
     def setUp(self) -> None:
         super().setUp()
@@ -50,6 +58,9 @@ class TestAgent(base.CLITestCase):
         # The command line of the process that ran the user's command.
         return self.crcache('run', self.name,
                             'cat /proc/$PPID/cmdline | tr "\\0" " "').stdout
+
+
+class TestAgent(AgentTestCase):
 
     def test_first_command_starts_it_and_later_ones_use_it(self) -> None:
         self.name = self.crcache('acquire').stdout.strip()
@@ -121,3 +132,173 @@ class TestAgent(base.CLITestCase):
         worker = int(proc.stdout.readline())
         os.kill(worker, signal.SIGKILL)
         self.assertEqual(-signal.SIGKILL, proc.wait(timeout=30))
+
+
+class TestAgentProtocol(AgentTestCase):
+    """Clients that misbehave on the agent's socket: slow, silent or
+    malformed ones hold nobody up and leak nothing."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.name = self.crcache('acquire').stdout.strip()
+        self.wait_for(lambda: 'crcache.agent' in self._runner_of_command())
+        [self.socket] = self._sockets()
+        [self.agent] = self._agent_pids()
+
+    def _prompt(self) -> None:
+        # Commands go through the agent and return promptly.
+        started = time.monotonic()
+        self.assertIn('crcache.agent',
+                      self.crcache('run', self.name,
+                                   'cat /proc/$PPID/cmdline | tr "\\0" " "',
+                                   timeout=10).stdout)
+        self.assertIn('local', self.crcache('status', timeout=10).stdout)
+        self.assertLess(time.monotonic() - started, 2)
+
+    def test_silent_and_trickling_clients_hold_nobody_up(self) -> None:
+        connected = time.monotonic()
+        silent = hostile.raw_connect(self.socket)
+        self.addCleanup(silent.close)
+        trickler = hostile.raw_connect(self.socket)
+        self.addCleanup(trickler.close)
+        dropped = []
+
+        def trickle() -> None:
+            # A plausible request, one byte every 0.2 s: it would take
+            # minutes to arrive.
+            data = hostile.frame(marshal.dumps(tuple(range(500))))
+            try:
+                for byte in data:
+                    trickler.send(bytes([byte]))
+                    time.sleep(0.2)
+            except OSError:
+                dropped.append(time.monotonic())
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        self.addCleanup(thread.join, 30)
+        time.sleep(0.5)  # both are well into their "requests"
+        self._prompt()
+        # Both are dropped at the request deadline, not served forever.
+        self.assertTrue(hostile.hung_up_on(silent, 15))
+        self.assertLess(time.monotonic() - connected, 5 + 3)
+        thread.join(15)
+        self.assertEqual(1, len(dropped))
+        self.assertLess(dropped[0] - connected, 5 + 3)
+        self.assertEqual([self.agent], self._agent_pids())
+        self._prompt()
+
+    def test_stuck_agent_is_given_up_on_and_runs_nothing(self) -> None:
+        counter = os.path.join(self.home, 'counter')
+        os.kill(self.agent, signal.SIGSTOP)
+        self.addCleanup(os.kill, self.agent, signal.SIGCONT)
+        started = time.monotonic()
+        result = self.crcache('run', self.name, f'echo once >> {counter}',
+                              timeout=40)
+        self.assertLess(time.monotonic() - started, 10 + 5)
+        self.assertEqual(
+            f'crcache: the crcache agent ({self.socket}) did not answer '
+            'within 10s; running directly\n', result.stderr)
+        os.kill(self.agent, signal.SIGCONT)
+        # Awake, it finds a request whose client hung up: it runs nothing
+        # (the command ran once, directly) and serves the next ones.
+        self._prompt()
+        with open(counter) as f:
+            self.assertEqual('once\n', f.read())
+
+    def _idle_fd_count(self) -> int:
+        # With no worker left (reaped: its client's socket closed).
+        self.wait_for(lambda: not [p for p, _, ppid, _ in base.processes()
+                                   if ppid == self.agent],
+                      what='the agent to reap its workers')
+        return hostile.fd_count(self.agent)
+
+    def _request(self, command: list[str], **changes: object) -> tuple:
+        """What the client sends to run ``crcache COMMAND``, with
+        ``changes`` to its fields."""
+        fields = {
+            'protocol': agentclient.PROTOCOL,
+            'argv': command, 'env': dict(self.env), 'cwd': self.project,
+            'umask': 0o22, 'pid': os.getpid(), 'ppid': os.getppid(),
+            'argv0': base.CRCACHE, 'warned': []}
+        fields.update(changes)
+        return tuple(fields.values())
+
+    def test_malformed_requests_are_dropped_and_leak_nothing(self) -> None:
+        marker = os.path.join(self.home, 'ran')
+        good = framed(self._request(['run', self.name, 'touch', marker]))
+        fds = framed(('fds',))
+        null = os.open(os.devnull, os.O_RDWR)
+        self.addCleanup(os.close, null)
+        three, one, five = [null] * 3, [null], [null] * 5
+        # What goes wrong with the request itself (descriptors sent along
+        # must be closed all the same) ...
+        first = {
+            'not marshal data': (hostile.frame(b'\xffnot marshal'), three),
+            'not a tuple': (framed(42), three),
+            'another protocol': (framed(self._request([], protocol=99)),
+                                 three),
+            'too few fields': (framed(self._request([])[:5]), three),
+            'argv not a list': (framed(self._request([], argv='run x')),
+                                three),
+            'environment not text': (
+                framed(self._request([], env={'A': 1})), three),
+            'empty message': (hostile.frame(b''), three),
+            'length past the data, then hang-up': (
+                hostile.frame(good[4:], len(good) + 100), three),
+            'length over the limit': (
+                hostile.frame(b'x' * 16, 1 << 30), three),
+            'descriptors and one byte, then hang-up': (b'\0', three),
+            'descriptors with the request': (good, three),
+            'bytes after the request': (good + b'xx', None),
+        }
+        # ... and with the descriptors, once the agent said "ready".
+        second = {
+            'one descriptor': (fds, one),
+            'five descriptors': (fds, five),
+            'no descriptors': (fds, None),
+            'another message': (framed(('files',)), three),
+            'bytes after the descriptors': (fds + b'xx', three),
+            'hang-up instead': (b'', None),
+            'length past the data, then hang-up': (
+                hostile.frame(fds[4:], 100), three),
+        }
+        before = self._idle_fd_count()
+        cases = [(False, label, case) for label, case in first.items()]
+        cases += [(True, label, case) for label, case in second.items()]
+        for after_ready, label, (data, attached) in cases:
+            sock = hostile.raw_connect(self.socket)
+            try:
+                if after_ready:
+                    hostile.send_raw(sock, good)
+                    self.assertEqual(('ready', None),
+                                     daemon.receive_message(sock)[0])
+                if data:
+                    hostile.send_raw(sock, data, attached)
+                sock.shutdown(socket.SHUT_WR)
+                self.assertTrue(hostile.hung_up_on(sock, 10), label)
+            finally:
+                sock.close()
+        self.wait_for(lambda: hostile.fd_count(self.agent) == before, 5,
+                      f'the agent to be back at {before} descriptors, not '
+                      f'{hostile.fd_count(self.agent)}')
+        self.assertFalse(os.path.exists(marker))
+        self.assertEqual([self.agent], self._agent_pids())
+        self._prompt()
+        # The same request, well formed, does run: the cases above were
+        # refused for what is wrong with them, not for being made here.
+        sock = hostile.raw_connect(self.socket)
+        self.addCleanup(sock.close)
+        hostile.send_raw(sock, good)
+        self.assertEqual(('ready', None), daemon.receive_message(sock)[0])
+        hostile.send_raw(sock, fds, three)
+        self.assertEqual('pid', daemon.receive_message(sock)[0][0])
+        self.assertEqual(('exit', 0), daemon.receive_message(sock)[0])
+        self.assertTrue(os.path.exists(marker))
+        self.wait_for(lambda: hostile.fd_count(self.agent) == before, 5,
+                      'the agent to close the last request\'s descriptors')
+
+
+def framed(message: object) -> bytes:
+    """``message`` as the daemons frame it."""
+    return hostile.frame(marshal.dumps(message))

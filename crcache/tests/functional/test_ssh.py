@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import marshal
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ import time
 import uuid
 
 from crcache.tests.functional import base
+from crcache.tests.functional import hostile
 from crcache.tests.functional import sshd
 
 
@@ -72,8 +74,9 @@ class SSHTestCase(base.CLITestCase):
         return self._pids(f'crcache.sshholder {self.runtime}/')
 
     def holder_sockets(self) -> list[str]:
+        from crcache import sshholder
         return glob.glob(os.path.join(self.runtime, 'crcache',
-                                      'ssh1-*.sock'))
+                                      f'ssh{sshholder.PROTOCOL}-*.sock'))
 
     def _stop_helpers(self) -> None:
         # The agent and the holders this test's commands left behind.
@@ -559,6 +562,166 @@ class TestConnectionHolder(SSHTestCase):
         new = self._connection(name)
         self.assertNotEqual(old, new)
         self.assertEqual(str(self.server.port), new.split()[3])
+
+
+    # -- as careful as the agent ---------------------------------------------
+
+    def _one_holder(self, **keys: object) -> tuple[str, str, int]:
+        """Acquire ``host`` (its settings changed by ``keys``) and run on
+        it until one holder serves it: (instance, socket, holder pid)."""
+        if keys:
+            self.write_source('host', **self.server.source_keys(
+                self.known_hosts, **keys))
+        name = self.acquire()
+        self.wait_for(lambda: len(self.holder_pids()) == 1
+                      and self.holder_sockets(), what='one holder')
+        [path] = self.holder_sockets()
+        [pid] = self.holder_pids()
+        self.assertEqual('ok\n', self.run_on(name, 'echo ok').stdout)
+        return name, path, pid
+
+    def test_settings_are_not_on_the_command_line(self) -> None:
+        # /proc/PID/cmdline is readable by every local user (ps shows it).
+        self.write_source('host', **self.server.source_keys(
+            self.known_hosts, ssh_persist=37))
+        _, path, pid = self._one_holder()
+        with open(f'/proc/{pid}/cmdline', 'rb') as f:
+            argv = f.read().decode().split('\0')[:-1]
+        self.assertEqual(['-m', 'crcache.sshholder', path, '37.0'],
+                         argv[1:], argv)
+        words = ' '.join(argv)
+        for secret in (self.server.client_key, self.known_hosts,
+                       os.path.join(self.home, '.ssh', 'config'),
+                       '127.0.0.1', f'{self.server.user}@', 'host_key'):
+            self.assertNotIn(secret, words)
+        for secret in (str(self.server.port), self.server.user, 'host'):
+            self.assertNotIn(secret, argv)
+        # Nor anything left beside the socket for others to find.
+        self.assertEqual([], [n for n in os.listdir(os.path.dirname(path))
+                              if not n.endswith(('.sock', '.lock', '.log'))])
+
+    def test_silent_client_does_not_keep_it_up(self) -> None:
+        _, path, pid = self._one_holder(ssh_persist=2)
+        last_used = time.monotonic()
+        silent = hostile.raw_connect(path)
+        self.addCleanup(silent.close)
+        dribbler = hostile.raw_connect(path)
+        self.addCleanup(dribbler.close)
+        dribbler.send(b'\0\0')  # half a length, then nothing more
+        self.wait_for(lambda: not sshd.alive(pid), 2 + 4,
+                      'the idle holder to go despite idle clients')
+        self.assertLess(time.monotonic() - last_used, 2 + 4)
+        self.assertTrue(hostile.hung_up_on(silent, 1))
+        self.assertTrue(hostile.hung_up_on(dribbler, 1))
+
+    def test_silent_client_is_dropped_at_the_request_deadline(self) -> None:
+        name, path, pid = self._one_holder()
+        connections = self._connection(name)
+        connected = time.monotonic()
+        silent = hostile.raw_connect(path)
+        self.addCleanup(silent.close)
+        self.assertTrue(hostile.hung_up_on(silent, 15))
+        self.assertLess(time.monotonic() - connected, 5 + 3)
+        self.assertEqual([pid], self.holder_pids())
+        self.assertEqual(connections, self._connection(name))
+
+    def test_stuck_holder_is_given_up_on_and_runs_nothing(self) -> None:
+        name, path, pid = self._one_holder(ssh_connect_timeout=1)
+        counter = os.path.join(self.home, 'counter')
+        os.kill(pid, signal.SIGSTOP)
+        self.addCleanup(os.kill, pid, signal.SIGCONT)
+        started = time.monotonic()
+        result = self.run_on(name, f'echo once >> {counter}', timeout=60)
+        self.assertLess(time.monotonic() - started, 1 + 5 + 5)
+        self.assertEqual(
+            'crcache: the ssh connection holder for '
+            f'{self.server.user}@127.0.0.1:{self.server.port} did not '
+            'answer within 6s; connecting directly\n', result.stderr)
+        os.kill(pid, signal.SIGCONT)
+        # Awake, it finds a request whose client hung up: it runs nothing
+        # (the command ran once, directly) and serves the next ones.
+        connection = self._connection(name)
+        self.assertEqual(connection, self._connection(name))
+        self.assertEqual([pid], self.holder_pids())
+        with open(counter) as f:
+            self.assertEqual('once\n', f.read())
+
+    def test_malformed_requests_are_refused_and_leak_nothing(self) -> None:
+        from crcache import daemon
+        name, path, pid = self._one_holder()
+        marker = os.path.join(self.home, 'ran')
+        exec_it = ('exec', f'touch {marker}')
+        good, fds = framed(exec_it), framed(('fds',))
+        null = os.open(os.devnull, os.O_RDWR)
+        self.addCleanup(os.close, null)
+        three, one, five = [null] * 3, [null], [null] * 5
+        # What goes wrong with the request itself (descriptors sent along
+        # must not stay open in the holder) ...
+        first = {
+            'not marshal data': (hostile.frame(b'\xffnot marshal'), three),
+            'not a tuple': (framed(42), three),
+            'unknown request': (framed(('format', '/')), three),
+            'command not text': (framed(('exec', ['touch', marker])), three),
+            'too many fields': (framed(exec_it + ('more',)), three),
+            'empty message': (hostile.frame(b''), three),
+            'length past the data, then hang-up': (
+                hostile.frame(good[4:], 1000), three),
+            'length over the limit': (hostile.frame(b'x', 1 << 30), three),
+            'descriptors and one byte, then hang-up': (b'\0', three),
+            'descriptors with the request': (good, three),
+            'ping with descriptors': (framed(('ping',)), three),
+            'bytes after the request': (good + b'xx', None),
+        }
+        # ... and with the descriptors, once the holder said "ready".
+        second = {
+            'one descriptor': (fds, one),
+            'five descriptors': (fds, five),
+            'no descriptors': (fds, None),
+            'another message': (framed(('files',)), three),
+            'bytes after the descriptors': (fds + b'xx', three),
+            'hang-up instead': (b'', None),
+            'length past the data, then hang-up': (
+                hostile.frame(fds[4:], 100), three),
+        }
+        cases = [(False, label, case) for label, case in first.items()]
+        cases += [(True, label, case) for label, case in second.items()]
+        before = hostile.settled_fd_count(pid)
+        for after_ready, label, (data, attached) in cases:
+            sock = hostile.raw_connect(path)
+            try:
+                if after_ready:
+                    hostile.send_raw(sock, good)
+                    self.assertEqual(('ready',),
+                                     daemon.receive_message(sock)[0])
+                if data:
+                    hostile.send_raw(sock, data, attached)
+                sock.shutdown(socket.SHUT_WR)
+                self.assertTrue(hostile.hung_up_on(sock, 10), label)
+            finally:
+                sock.close()
+        self.wait_for(lambda: hostile.fd_count(pid) == before, 5,
+                      f'the holder to be back at {before} descriptors, '
+                      f'not {hostile.fd_count(pid)}')
+        self.assertFalse(os.path.exists(marker))
+        self.assertEqual([pid], self.holder_pids())
+        self.assertEqual('ok\n', self.run_on(name, 'echo ok').stdout)
+        # Well formed, the same request runs: the cases above were
+        # refused for what is wrong with them.
+        sock = hostile.raw_connect(path)
+        self.addCleanup(sock.close)
+        hostile.send_raw(sock, good)
+        self.assertEqual(('ready',), daemon.receive_message(sock)[0])
+        hostile.send_raw(sock, fds, three)
+        self.assertEqual(('started',), daemon.receive_message(sock)[0])
+        self.assertEqual(('exit', 0), daemon.receive_message(sock)[0])
+        self.assertTrue(os.path.exists(marker))
+        self.wait_for(lambda: hostile.fd_count(pid) == before, 5,
+                      'the holder to close the last request\'s descriptors')
+
+
+def framed(message: object) -> bytes:
+    """``message`` as crcache's daemons frame it."""
+    return hostile.frame(marshal.dumps(message))
 
 
 class TestLargeStream(SSHTestCase):
