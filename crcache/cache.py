@@ -245,7 +245,7 @@ class Cache:
         holder = holder or current_holder()
         if lease is None:
             lease = source.conf.lease
-        self._auto_gc()
+        self._auto_gc(source)
         if wait is None:
             with self.store.transaction() as tx:
                 self._check_queue(tx, source, count)
@@ -270,10 +270,19 @@ class Cache:
                 lease_expires=expires))
         return handed_out
 
-    def _auto_gc(self) -> None:
+    def _auto_gc(self, source: base.Source) -> None:
         from crcache import gc
+        drawn = set()
+        todo = [source.name]
+        while todo:
+            name = todo.pop()
+            if name in drawn or not self.config.usable(name):
+                continue
+            drawn.add(name)
+            todo.extend(getattr(self.config.source(name), 'children', ()))
         try:
-            gc.collect_before_acquire(self, AUTO_GC_BUDGET, self.progress)
+            gc.collect_before_acquire(self, drawn, AUTO_GC_BUDGET,
+                                      self.progress)
         except exceptions.CrcacheError as err:
             LOG.warning('garbage collection before acquiring: %s', err)
 

@@ -28,8 +28,10 @@ are reported, never retried in a loop, and ``forget`` drops them.
 
 ``crcache acquire`` starts with :func:`collect_before_acquire`: a quick
 read-only look, and only when something is due, a ``crcache gc`` in a
-process of its own that the acquire waits for at most a couple of
-seconds, so a slow discard.d never holds an acquire up.
+process of its own. The acquire waits for it (at most a couple of
+seconds) only when what is due belongs to the sources it draws from,
+so a slow discard.d never holds an acquire up for long, and never
+one from another source.
 """
 
 from __future__ import annotations
@@ -252,20 +254,25 @@ def _take_over(cache: Any, inst: Any) -> Any | None:
         return current
 
 
-def collect_before_acquire(cache: Any, budget: float,
+def collect_before_acquire(cache: Any, sources: set[str], budget: float,
                            progress: Any = None) -> None:
-    """Start a gc pass if anything is due; wait for it ``budget`` seconds.
+    """Start a gc pass if anything is due; maybe wait ``budget`` seconds.
 
-    The pass runs as ``crcache gc`` in a process of its own (its
-    warnings come to our stderr while we wait), so whatever it waits for
-    (a discard.d script) holds the acquire up no longer than ``budget``:
-    after that it goes on alone, bounded by the sources' timeouts.
+    The pass runs as ``crcache gc`` in a process of its own, so whatever
+    it waits for (a discard.d script) holds the acquire up no longer
+    than ``budget``: after that it goes on alone, bounded by the
+    sources' timeouts. Only when something due belongs to ``sources``
+    (those the acquisition draws from) is it waited for, its warnings
+    coming to our stderr meanwhile.
     """
     with cache.store.reading() as tx:
         rows = tx.instances()
     pending = due(cache, rows, damaged=False)
     if not pending:
         return
+    wait = any(inst.source in sources for inst, _ in pending)
+    pending = [(inst, reason) for inst, reason in pending
+               if inst.source in sources] or pending
     names = ', '.join(inst.name for inst, _ in pending)
     env = cache.hook_env()
     env.pop('CRCACHE_INSTANCE', None)
@@ -273,10 +280,12 @@ def collect_before_acquire(cache: Any, budget: float,
         proc = subprocess.Popen(
             [sys.executable, '-m', 'crcache', '-q', 'gc'],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, env=env, start_new_session=True,
-            cwd='/')
+            stderr=subprocess.PIPE if wait else subprocess.DEVNULL,
+            env=env, start_new_session=True, cwd='/')
     except OSError as err:
         LOG.warning('cannot start garbage collection: %s', err)
+        return
+    if not wait:
         return
     import select
     deadline = time.monotonic() + budget

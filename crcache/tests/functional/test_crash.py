@@ -25,6 +25,8 @@ from crcache.tests.functional import base
 CLIENT = textwrap.dedent('''
     import json, random, subprocess, sys, time
     crcache, rounds, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    # How long a whole acquire takes here: kills land within it.
+    window = float(sys.argv[4])
     random.seed(seed)
     quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                  stderr=subprocess.DEVNULL)
@@ -40,7 +42,7 @@ CLIENT = textwrap.dedent('''
         if random.random() < 0.6:
             proc = subprocess.Popen([crcache, 'acquire', '-s', source],
                                     **quiet)
-            time.sleep(random.uniform(0.01, 0.35))
+            time.sleep(random.uniform(0.01, window))
             proc.kill()
             proc.wait()
             left += debris()
@@ -51,7 +53,7 @@ CLIENT = textwrap.dedent('''
             continue
         proc = subprocess.Popen([crcache, 'release', got.stdout.strip()],
                                 **quiet)
-        time.sleep(random.uniform(0.01, 0.25))
+        time.sleep(random.uniform(0.01, window * 0.7))
         proc.kill()
         proc.wait()
         left += debris()
@@ -89,9 +91,15 @@ class CrashMixin:
     def _clients(self, count: int, rounds: int) -> None:
         self.crcache('status')  # start the agent before the timing starts
         time.sleep(1)
+        # Kills at random moments of a whole acquire, however long that
+        # takes here (without the agent, Python's start-up is most of it).
+        started = time.monotonic()
+        [name] = self.crcache('acquire', '-s', 'm').stdout.split()
+        window = max(0.35, 1.2 * (time.monotonic() - started))
+        self.crcache('release', name)
         procs = [subprocess.Popen(
             [sys.executable, '-c', CLIENT, base.CRCACHE, str(rounds),
-             str(1000 + i)], env=self.env, cwd=self.project,
+             str(1000 + i), str(window)], env=self.env, cwd=self.project,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
             for i in range(count)]
