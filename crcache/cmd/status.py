@@ -24,7 +24,8 @@ QUERIES = ('cached', 'in-use', 'max', 'available')
 def _stamp(when: float | None) -> str | None:
     if not when:
         return None
-    return time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(when))
+    from crcache import stamps
+    return stamps.utc(when)
 
 
 def _duration(seconds: float) -> str:

@@ -439,7 +439,7 @@ class TestReserve(DockerTestCase):
         time.sleep(1.5)
         actions = self.gc()
         self.assertEqual([(name, 'box', 'discarded')],
-                         [(a['instance'], a['source'], a['action'])
+                         [(a['name'], a['source'], a['action'])
                           for a in actions], actions)
         self.assertIn('max_idle', actions[0]['reason'])
         self.assertEqual([], self.containers())
@@ -514,7 +514,7 @@ class TestCrash(DockerTestCase):
         self.assertTrue(self.running(orphan['Id']))
         actions = self.gc()
         self.assertEqual([(name, 'box', 'discarded')],
-                         [(a['instance'], a['source'], a['action'])
+                         [(a['name'], a['source'], a['action'])
                           for a in actions], actions)
         self.assertEqual([], self.containers())
         self.assertGone(orphan['Id'])
@@ -542,14 +542,14 @@ class TestCrash(DockerTestCase):
         self.client.start(created['Id'])
         actions = self.gc()
         self.assertEqual([('box-99', 'box', 'leaked')],
-                         [(a['instance'], a['source'], a['action'])
+                         [(a['name'], a['source'], a['action'])
                           for a in actions], actions)
         self.assertIn(created['Id'][:12], actions[0]['reason'])
         self.assertTrue(self.running(created['Id']))
 
         actions = self.gc('--leaks')
         self.assertEqual([('box-99', 'box', 'destroyed')],
-                         [(a['instance'], a['source'], a['action'])
+                         [(a['name'], a['source'], a['action'])
                           for a in actions], actions)
         self.assertGone(created['Id'])
         self.assertEqual([], self.gc())

@@ -7,6 +7,11 @@ through the installed command.
 
 from __future__ import annotations
 
+import datetime
+import json
+import re
+import time
+
 from crcache.tests.functional import base
 
 
@@ -50,3 +55,97 @@ class TestUnknownCommand(base.CLITestCase):
         result = self.crcache('help', 'status')
         self.assertIn('usage: crcache status', result.stdout)
         self.assertEqual('', result.stderr)
+
+
+#: How every moment is printed: ISO 8601, UTC, milliseconds, Z.
+STAMP = re.compile(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z')
+
+
+def stamp_time(stamp: str) -> float:
+    return datetime.datetime.strptime(
+        stamp, '%Y-%m-%dT%H:%M:%S.%f%z').timestamp()
+
+
+class TestFields(base.CLITestCase):
+
+    def test_value_prints_an_empty_field_for_null(self) -> None:
+        self.crcache('acquire')
+        out = self.crcache('status', '-v', '-f', 'value', '-c', 'name',
+                           '-c', 'lease-expires', '-c', 'command').stdout
+        self.assertEqual('local-0  ', out[:len('local-0  ')])
+        out = self.crcache('status', '-a', '-f', 'value').stdout
+        self.assertEqual('local 0 1 1  false\n', out)
+        self.assertNotIn('None', self.crcache('status', '-v', '-f',
+                                              'value').stdout)
+
+    def test_csv_prints_an_empty_field_for_null(self) -> None:
+        self.crcache('acquire')
+        out = self.crcache('status', '-v', '-f', 'csv', '-c', 'name',
+                           '-c', 'lease-expires', '--quote', 'minimal')
+        self.assertEqual('name,lease-expires\nlocal-0,\n', out.stdout)
+        out = self.crcache('status', '-a', '-f', 'csv', '--quote',
+                           'minimal')
+        self.assertEqual('source,cached,in-use,max,path,shadowed\n'
+                         'local,0,1,1,,false\n', out.stdout)
+
+    def test_acquire_still_prints_bare_names(self) -> None:
+        self.write_source('box', type='local', maximum=2)
+        result = self.crcache('acquire', '-s', 'box', '-n', '2')
+        self.assertEqual('box-0\nbox-1\n', result.stdout)
+
+    def test_columns_as_printed(self) -> None:
+        self.crcache('acquire', '--lease', '1h')
+        self.assertEqual(
+            [{'in-use': 1, 'max': 1}],
+            json.loads(self.crcache('status', '-f', 'json', '-c', 'in-use',
+                                    '-c', 'max').stdout))
+        # Other spellings of the same key work too.
+        self.assertEqual(
+            'in-use\n1\n',
+            self.crcache('status', '-f', 'csv', '-c', 'IN_USE', '--quote',
+                         'minimal').stdout)
+        [row] = json.loads(self.crcache(
+            'status', '-v', '-f', 'json', '-c', 'lease-expires', '-c',
+            'held-by', '-c', 'since').stdout)
+        self.assertEqual(['held-by', 'since', 'lease-expires'], list(row))
+
+    def test_unknown_column_is_an_error(self) -> None:
+        result = self.crcache('status', '-c', 'in-use', '-c', 'in-sue',
+                              expect=None)
+        self.assertEqual(
+            (1, '', "crcache: unknown column 'in-sue' (did you mean "
+             "'in-use'?); columns: source, cached, in-use, max\n"),
+            (result.returncode, result.stdout, result.stderr))
+
+
+class TestTimes(base.CLITestCase):
+
+    def test_status_stamps_are_utc(self) -> None:
+        # Whatever the local time zone, the same stamp, in UTC.
+        before = time.time()
+        self.crcache('acquire', '--lease', '1h')
+        after = time.time()
+        for tz in ('UTC', 'America/New_York', 'Asia/Kolkata'):
+            [row] = json.loads(self.crcache(
+                'status', '-v', '-f', 'json', env={'TZ': tz}).stdout)
+            self.assertRegex(row['since'], STAMP)
+            self.assertRegex(row['lease-expires'], STAMP)
+            self.assertLessEqual(before - 0.001, stamp_time(row['since']))
+            self.assertLessEqual(stamp_time(row['since']), after)
+            self.assertAlmostEqual(stamp_time(row['since']) + 3600,
+                                   stamp_time(row['lease-expires']),
+                                   delta=5)
+            table = self.crcache('status', '-v', env={'TZ': tz}).stdout
+            self.assertIn(row['since'], table)
+
+    def test_gc_reason_stamp_is_the_lease_shown(self) -> None:
+        self.crcache('acquire', '--lease', '1')
+        [row] = json.loads(self.crcache('status', '-v', '-f',
+                                        'json').stdout)
+        expires = row['lease-expires']
+        self.assertRegex(expires, STAMP)
+        time.sleep(max(0.0, stamp_time(expires) + 0.1 - time.time()))
+        [row] = json.loads(self.crcache('gc', '-f', 'json').stdout)
+        self.assertEqual(
+            {'name': 'local-0', 'source': 'local', 'action': 'discarded',
+             'reason': f'lease expired at {expires}'}, row)
