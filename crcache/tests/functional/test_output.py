@@ -149,3 +149,98 @@ class TestTimes(base.CLITestCase):
         self.assertEqual(
             {'name': 'local-0', 'source': 'local', 'action': 'discarded',
              'reason': f'lease expired at {expires}'}, row)
+
+
+class TestStatusForms(base.CLITestCase):
+    """A pool over local holding a cached instance, and a pool of it."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.write_source('pool', type='pool', sources='local', reserve=1)
+        self.write_source('outer', type='pool', sources='pool')
+        name = self.crcache('-s', 'pool', 'acquire').stdout.strip()
+        self.crcache('release', name)
+
+    def json(self, *args: str) -> object:
+        return json.loads(self.crcache(*args, '-f', 'json').stdout)
+
+    def test_tree_as_data(self) -> None:
+        def row(source, cached, in_use, parent, depth):
+            return {'source': source, 'cached': cached, 'in-use': in_use,
+                    'max': 1, 'parent': parent, 'depth': depth}
+        self.assertEqual(
+            [row('outer', 0, 0, None, 0),
+             row('pool', 1, 0, 'outer', 1),
+             row('local', 0, 1, 'pool', 2),
+             row('pool', 1, 0, None, 0),
+             row('local', 0, 1, 'pool', 1),
+             row('local', 0, 1, None, 0)],
+            self.json('status', '-t'))
+        # The sources named, with what they draw on beneath them.
+        self.assertEqual(
+            [row('pool', 1, 0, None, 0), row('local', 0, 1, 'pool', 1)],
+            self.json('status', '-t', 'pool'))
+        self.assertNotIn('+', self.crcache('status', '-t', '-f',
+                                           'csv').stdout)
+
+    def test_tree_as_drawn(self) -> None:
+        self.assertEqual(
+            'source     cached  in-use  max\n'
+            'outer      0       0       1\n'
+            '+ pool\n'
+            '  + local\n'
+            'pool       1       0       1\n'
+            '+ local\n'
+            'local      0       1       1\n',
+            self.crcache('status', '-t').stdout)
+        # Columns picked: the data, undrawn.
+        self.assertEqual(
+            'source  parent  depth\n'
+            'pool            0\n'
+            'local   pool    1\n',
+            self.crcache('status', '-t', 'pool', '-c', 'source', '-c',
+                         'parent', '-c', 'depth').stdout)
+
+    def test_query_counts_each_instance_once(self) -> None:
+        # pool-0 (cached) wraps local-0 (in use by the pool): one
+        # instance, cached, whose source is local.
+        figures = {what: self.crcache('status', '--query', what).stdout
+                   for what in ('cached', 'in-use', 'max', 'available')}
+        self.assertEqual({'cached': '1\n', 'in-use': '0\n', 'max': '1\n',
+                          'available': '1\n'}, figures)
+        self.assertEqual('1\n', self.crcache('status', '--query', 'in-use',
+                                             'local').stdout)
+        self.assertEqual('1\n', self.crcache('status', '--query', 'max',
+                                             'pool').stdout)
+        # local-0 acquired directly: the pools have nothing to give.
+        self.write_source('pool', type='pool', sources='local')
+        self.crcache('-s', 'pool', 'acquire')
+        self.crcache('release', 'pool-0')  # no reserve now: all discarded
+        self.crcache('acquire')
+        self.assertEqual('0\n', self.crcache('status', '--query',
+                                             'available', 'outer').stdout)
+
+    def test_query_in_machine_formats(self) -> None:
+        self.assertEqual({'query': 'available', 'value': 1},
+                         self.json('status', '--query', 'available'))
+        self.assertEqual({'value': 1},
+                         self.json('status', '--query', 'max', '-c',
+                                   'value'))
+        self.assertEqual(
+            'query,value\nin-use,0\n',
+            self.crcache('status', '--query', 'in-use', '-f', 'csv',
+                         '--quote', 'minimal').stdout)
+        self.write_source('any', type='local', maximum=0)
+        self.assertEqual({'query': 'available', 'value': 'unlimited'},
+                         self.json('status', '--query', 'available'))
+        self.assertEqual('unlimited\n', self.crcache(
+            'status', '--query', 'available', 'any').stdout)
+
+    def test_query_is_one_figure(self) -> None:
+        for option in ('-v', '-t', '-a'):
+            result = self.crcache('status', '--query', 'max', option,
+                                  expect=None)
+            self.assertEqual(
+                (1, '', 'crcache: --query prints one figure: it cannot be '
+                 'combined with -v, -t or -a\n'),
+                (result.returncode, result.stdout, result.stderr))
