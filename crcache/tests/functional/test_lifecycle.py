@@ -112,7 +112,7 @@ class LifecycleTestCase(base.HookTestCase):
     def gc(self) -> list[dict]:
         rows = self.json('gc')
         for row in rows:
-            self.assertEqual({'instance', 'source', 'action', 'reason'},
+            self.assertEqual({'name', 'source', 'action', 'reason'},
                              set(row), rows)
         return rows
 
