@@ -17,6 +17,7 @@ from typing import Any
 from cliff import _argparse
 from cliff import app
 from cliff import commandmanager
+from cliff import help
 
 from crcache import version
 
@@ -58,6 +59,35 @@ class GlobalParser(_argparse.ArgumentParser):
         return options, command
 
 
+def unknown_command(word: str, commands: Sequence[str]) -> str:
+    """The error for a command name that is not one, with a suggestion
+    only when one is close: the commands it abbreviates (cliff takes an
+    unambiguous abbreviation), else the single closest name."""
+    import difflib
+    candidates = sorted(c for c in commands if c.startswith(word))
+    if len(candidates) < 2:
+        candidates = difflib.get_close_matches(word, sorted(commands), n=1)
+    message = f'unknown command {word!r}'
+    if candidates:
+        names = ' or '.join(repr(c) for c in candidates)
+        message += f' (did you mean {names}?)'
+    return message
+
+
+class Help(help.HelpCommand):
+    """Show the help of a command, or list the commands."""
+
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
+        if parsed_args.cmd:
+            try:
+                self.app.command_manager.find_command(parsed_args.cmd)
+            except ValueError:
+                self.app.LOG.error(unknown_command(
+                    parsed_args.cmd[0], self.app.command_names()))
+                return 2
+        return super().take_action(parsed_args)
+
+
 class CrcacheApp(app.App):
     """crcache's command line application."""
 
@@ -75,7 +105,24 @@ class CrcacheApp(app.App):
             command_manager=commandmanager.CommandManager('crcache.cmd'),
             deferred_help=True,
         )
+        self.command_manager.add_command('help', Help)
         self._cache: Any = None
+
+    def command_names(self) -> list[str]:
+        """Every command's name."""
+        return [name for name, _ in self.command_manager]
+
+    def run_subcommand(self, argv: list[str]) -> int:
+        # cliff prints an unknown command's message and its suggestions
+        # on stdout (which belongs to results), suggesting whatever is
+        # least far off however far that is.
+        try:
+            self.command_manager.find_command(argv)
+        except ValueError:
+            word = argv[0] if argv else ''
+            self.LOG.error(unknown_command(word, self.command_names()))
+            return 2
+        return super().run_subcommand(argv)
 
     def build_option_parser(self, description: str | None,
                             version: str | None,

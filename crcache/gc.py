@@ -48,6 +48,7 @@ from typing import Any
 from crcache import exceptions
 from crcache import hooks
 from crcache import invocation
+from crcache import stamps
 from crcache.sources import base
 from crcache.store.base import CACHED, DISCARDING, IN_USE, PROVISIONING
 
@@ -58,7 +59,8 @@ LOG = logging.getLogger(__name__)
 class Action:
     """One thing a pass did or found."""
 
-    instance: str
+    #: None when the row is about a source, not an instance.
+    instance: str | None
     source: str
     action: str
     reason: str
@@ -99,9 +101,7 @@ def _due(conf: Any, inst: Any, now: float) -> str | None:
         return None
     if inst.state == IN_USE and not inst.parent and inst.lease_expires:
         if inst.lease_expires < now:
-            stamp = time.strftime('%Y-%m-%dT%H:%M:%SZ',
-                                  time.gmtime(inst.lease_expires))
-            return f'lease expired at {stamp}'
+            return f'lease expired at {stamps.utc(inst.lease_expires)}'
         return None
     if inst.state == CACHED and conf is not None:
         max_idle = conf.max_idle
@@ -350,7 +350,7 @@ def _leaks(cache: object, rows: list, destroy: bool) -> list[Action]:
         try:
             owned = source.list_owned(cache.store.store_id)
         except exceptions.CrcacheError as err:
-            found.append(Action('-', name, 'failed',
+            found.append(Action(None, name, 'failed',
                                 f'cannot list resources: {err}'))
             continue
         for resource, instance in sorted((owned or {}).items()):

@@ -22,17 +22,32 @@ def target_path(src: str, dst: str, dst_is_dir: bool) -> str:
     return dst
 
 
-def copy(src: str, dst: str, recursive: bool) -> None:
+def copy(src: str, dst: str, recursive: bool,
+         instance_side: str | None = None) -> None:
     """Copy ``src`` to ``dst`` keeping modes and times, like ``cp -p``.
 
     Directories need ``recursive`` and merge into an existing target as
     ``cp -r`` does; symbolic links inside them are copied as links.
+    ``instance_side`` (``'src'`` or ``'dst'``) says which path is an
+    instance's (the local source's instances are this machine): problems
+    with that path are :class:`~crcache.exceptions.InstancePathError`, so
+    the user reads the instance's name before it.
     """
+    def fault(path: str, reason: str, side: str) -> exceptions.CopyError:
+        if side == instance_side:
+            return exceptions.InstancePathError(path, reason)
+        return exceptions.CopyError(f'{path}: {reason}')
+
     if not os.path.lexists(src):
-        raise exceptions.CopyError(f'{src}: no such file or directory')
+        raise fault(src, 'no such file or directory', 'src')
     is_dir = os.path.isdir(src)
-    check_source(src, is_dir, recursive)
+    if is_dir and not recursive:
+        raise fault(src, 'is a directory (use -r to copy directories)',
+                    'src')
     target = target_path(src, dst, os.path.isdir(dst))
+    parent = os.path.dirname(target)
+    if parent and not os.path.isdir(parent):
+        raise fault(parent, 'no such directory', 'dst')
     try:
         if is_dir:
             real_src = os.path.realpath(src)
@@ -42,9 +57,8 @@ def copy(src: str, dst: str, recursive: bool) -> None:
                 raise exceptions.CopyError(
                     f'cannot copy directory {src} into itself ({target})')
             if os.path.lexists(target) and not os.path.isdir(target):
-                raise exceptions.CopyError(
-                    f'cannot overwrite non-directory {target} with '
-                    f'directory {src}')
+                raise fault(target, 'cannot overwrite non-directory with '
+                            f'directory {src}', 'dst')
             shutil.copytree(src, target, symlinks=True, dirs_exist_ok=True)
         else:
             shutil.copy2(src, target)
@@ -56,6 +70,16 @@ def copy(src: str, dst: str, recursive: bool) -> None:
         raise exceptions.CopyError(f'cannot copy {src} to {target}: {first}')
     except OSError as err:
         where = err.filename or target
+        reason = err.strerror or str(err)
+        for side, path in (('src', src), ('dst', target)):
+            if side == instance_side and _within(path, where):
+                raise exceptions.InstancePathError(
+                    where, reason[:1].lower() + reason[1:])
         raise exceptions.CopyError(
-            f'cannot copy {src} to {target}: {where}: '
-            f'{err.strerror or err}')
+            f'cannot copy {src} to {target}: {where}: {reason}')
+
+
+def _within(root: str, path: str) -> bool:
+    """Whether ``path`` is ``root`` or under it (as written, not resolved)."""
+    root = root.rstrip(os.sep) or os.sep
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shlex
 import stat
 import tarfile
@@ -111,6 +112,27 @@ def _arg(path: str) -> str:
     return shlex.quote(path)
 
 
+#: What the scripts above say, exiting 2, about a path on the instance.
+_PATH_FAULT = re.compile(
+    r'(.+): (no such directory|no such file or directory'
+    r'|is a directory; not replacing it with a file)\Z')
+
+
+def _script_failure(source: 'BackendSource', verb: str, path: str,
+                    status: int, err_text: str) -> exceptions.CopyError:
+    """The error for a script that failed on the instance: the path at
+    fault, in the user's words, when the script named it."""
+    match = _PATH_FAULT.match(err_text) if status == 2 else None
+    if match is None:
+        return exceptions.CopyError(
+            f'copy {verb} {source.name} instance path {path} failed '
+            f'(exit {status}): {err_text or "no error output"}')
+    where = match[1]
+    if where.startswith('./-') and not path.startswith('./'):
+        where = where[2:]  # as _arg wrote it, not as the user did
+    return exceptions.InstancePathError(where, match[2])
+
+
 def _run_script(source: 'BackendSource', ref: 'Ref', script: str,
                 stdin: int, stdout: int) -> tuple[int, str]:
     """Run a script on the instance; return (status, stderr text)."""
@@ -137,9 +159,7 @@ def _put_file(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
     finally:
         os.close(fd)
     if status != 0:
-        raise exceptions.CopyError(
-            f'copy to {source.name} instance path {dst} failed '
-            f'(exit {status}): {err_text or "no error output"}')
+        raise _script_failure(source, 'to', dst, status, err_text)
 
 
 def _get_file(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
@@ -290,9 +310,7 @@ def copy_in(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
             f'cannot read {err.filename or src}: {err.strerror or err}')
     status, err_text = job.wait()
     if status != 0:
-        raise exceptions.CopyError(
-            f'copy to {source.name} instance path {dst} failed '
-            f'(exit {status}): {err_text or "no error output"}')
+        raise _script_failure(source, 'to', dst, status, err_text)
     if pack_error is not None:
         raise pack_error
 
@@ -302,13 +320,14 @@ def copy_out(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
     """Copy ``src`` on the instance to local ``dst``."""
     base = os.path.basename(src.rstrip('/')) or src
     if base in ('.', '..', '/'):
-        raise exceptions.CopyError(f'{src}: name a file or directory')
+        raise exceptions.InstancePathError(src, 'name a file or directory')
     status, out, err = source.capture(
         ref, [_STAT.format(src=_arg(src))])
     if status != 0:
         reason = err.decode(errors='replace').strip()
         if 'No such file' in reason or not reason:
-            reason = f'{src}: no such file or directory'
+            raise exceptions.InstancePathError(src,
+                                               'no such file or directory')
         raise exceptions.CopyError(
             f'copy from {source.name} instance path {src} failed: {reason}')
     kind, mode, mtime, link = out.decode(errors='replace').strip().split(
@@ -317,8 +336,8 @@ def copy_out(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
         _get_file(source, ref, src, dst, int(mode, 8), int(mtime))
         return
     if kind == 'directory' and not recursive:
-        raise exceptions.CopyError(
-            f'{src}: is a directory (use -r to copy directories)')
+        raise exceptions.InstancePathError(
+            src, 'is a directory (use -r to copy directories)')
     r, w = os.pipe()
     # Without -r a symbolic link named as SRC is followed, as cp does.
     script = _CREATE.format(src=_arg(src),
@@ -342,9 +361,8 @@ def copy_out(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
         if status != 0 and (failure is None
                             or isinstance(failure, exceptions.CopyError)
                             and not isinstance(failure, _RefusedMember)):
-            failure = exceptions.CopyError(
-                f'copy from {source.name} instance path {src} failed '
-                f'(exit {status}): {err_text or "no error output"}')
+            failure = _script_failure(source, 'from', src, status,
+                                      err_text)
         if failure is not None:
             raise failure
 

@@ -8,10 +8,14 @@ package (about 80 ms per invocation, for a line crcache never needs).
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from cliff import command
 from cliff import lister
+
+from crcache import exceptions
 
 if TYPE_CHECKING:
     from crcache.cache import Cache
@@ -49,3 +53,25 @@ class Lister(_Common, lister.Lister):
     @property
     def formatter_default(self) -> str:
         return 'table'
+
+    @staticmethod
+    def _normalize_column_name(column_name: str) -> str:
+        # -c takes the keys as printed (in-use), and also in_use or IN-USE.
+        return column_name.strip().lower().replace('_', '-').replace(
+            ' ', '-')
+
+    def _generate_columns_and_selector(
+            self, parsed_args: argparse.Namespace,
+            column_names: Sequence[str]
+    ) -> tuple[list[str], list[bool] | None]:
+        # cliff drops a column it does not know when another is known: a
+        # typo would silently lose the field a script asked for.
+        known = {self._normalize_column_name(c): c for c in column_names}
+        for asked in parsed_args.columns or ():
+            if self._normalize_column_name(asked) not in known:
+                raise exceptions.CrcacheError(
+                    f'unknown column {asked!r}'
+                    f'{exceptions.did_you_mean(asked, column_names)}; '
+                    f"columns: {', '.join(column_names)}")
+        return super()._generate_columns_and_selector(parsed_args,
+                                                      column_names)

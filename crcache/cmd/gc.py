@@ -45,5 +45,5 @@ class CollectGarbage(base.Lister):
             actions = gc.forget(self.cache, parsed_args.forget)
         else:
             actions = gc.collect(self.cache, leaks=parsed_args.leaks)
-        return ('instance', 'source', 'action', 'reason'), [
+        return ('name', 'source', 'action', 'reason'), [
             (a.instance, a.source, a.action, a.reason) for a in actions]

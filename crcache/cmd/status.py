@@ -1,11 +1,23 @@
-"""``crcache status``: sources, their instances and their limits."""
+"""``crcache status``: sources, their instances and their limits.
+
+What ``take_action`` returns is the data, the same for every format: one
+row per source (``-t``: per source under each pool that draws on it, with
+``parent`` and ``depth``), one per instance (``-v``) or one figure
+(``--query``). Only the table view decorates it, as the user's guide
+shows: ``-t`` draws children as ``+ name`` lines under their pool and
+``-v`` prints the source table above the instances.
+"""
 
 from __future__ import annotations
 
 import argparse
+import collections
+import itertools
 import logging
+import math
 import shlex
 import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from crcache import exceptions
@@ -16,15 +28,20 @@ LOG = logging.getLogger(__name__)
 SLOW = 5.0
 
 COLUMNS = ('source', 'cached', 'in-use', 'max')
+TREE_COLUMNS = ('parent', 'depth')
 INSTANCE_COLUMNS = ('name', 'source', 'state', 'concurrency', 'held-by',
                     'pid', 'ppid', 'since', 'lease-expires', 'command')
+QUERY_COLUMNS = ('query', 'value')
 QUERIES = ('cached', 'in-use', 'max', 'available')
+#: What --query available prints when nothing limits it.
+UNLIMITED = 'unlimited'
 
 
 def _stamp(when: float | None) -> str | None:
     if not when:
         return None
-    return time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(when))
+    from crcache import stamps
+    return stamps.utc(when)
 
 
 def _duration(seconds: float) -> str:
@@ -62,19 +79,105 @@ def instance_row(inst: Any) -> tuple[Any, ...]:
             shlex.join(argv) if argv else None)
 
 
-def query(statuses: list, what: str) -> str:
-    """Sum one figure over ``statuses``; see the --query help."""
-    if what == 'cached':
-        return str(sum(s.cached for s in statuses))
-    if what == 'in-use':
-        return str(sum(s.in_use for s in statuses))
+class Node:
+    """A source as --query sees it: how many instances it may have (None:
+    no limit) and, for a pool, the sources it draws on."""
+
+    def __init__(self, limit: int | None,
+                 children: Sequence[str] | None = None) -> None:
+        self.limit = limit
+        #: None for a source that makes its instances itself.
+        self.children = children
+
+
+def query(what: str, selected: Sequence[str], nodes: dict[str, Node],
+          instances: Iterable[Any]) -> int | str:
+    """One figure over the ``selected`` sources; see the --query help.
+
+    A pool instance and the instance it wraps are one instance: each is
+    counted once, for the outermost selected source holding it. ``nodes``
+    describes every selected source and every source they draw on;
+    ``instances`` are all the store's rows.
+    """
+    chosen = set(selected)
+    rows = list(instances)
+    by_name = {inst.name: inst for inst in rows}
+
+    def outermost(inst: Any) -> bool:
+        parent = by_name.get(inst.parent) if inst.parent else None
+        while parent is not None:
+            if parent.source in chosen:
+                return False
+            parent = by_name.get(parent.parent) if parent.parent else None
+        return True
+
+    counted = [i for i in rows if i.source in chosen and outermost(i)]
+    if what in ('cached', 'in-use'):
+        return sum(1 for i in counted if i.state == what)
     if what == 'max':
-        if any(not s.maximum for s in statuses):
-            return '0'
-        return str(sum(s.maximum for s in statuses))
-    if any(s.available is None for s in statuses):
-        return 'unlimited'
-    return str(sum(s.available for s in statuses))
+        most = _most(selected, nodes, {})
+        return 0 if most is None else most
+    # available: the cached instances, plus the new ones there is room
+    # for, counting what is already live. A pool may also take the cached
+    # instances of a source it draws on that is not itself counted.
+    live = collections.Counter(i.source for i in rows)
+    cached = collections.Counter(i.source for i in rows
+                                 if i.state == 'cached')
+    room = {name: -live[name] + (0 if name in chosen else cached[name])
+            for name in nodes}
+    most = _most(selected, nodes, room)
+    if most is None:
+        return UNLIMITED
+    return sum(1 for i in counted if i.state == 'cached') + most
+
+
+def _most(selected: Sequence[str], nodes: dict[str, Node],
+          adjust: dict[str, int]) -> int | None:
+    """How many instances the selected sources could make at once (None:
+    no limit), a pool's taken from its sources: a maximum flow in which
+    each source lets through its limit (plus ``adjust``) at most."""
+    inf = math.inf
+    # Each source is two vertices joined by an edge of its capacity.
+    capacity: dict[tuple[Any, Any], float] = collections.defaultdict(int)
+    for name, node in nodes.items():
+        limit = inf if node.limit is None else max(
+            0, node.limit + adjust.get(name, 0))
+        capacity[('in', name), ('out', name)] = limit
+        for child in node.children if node.children is not None else ():
+            capacity[('out', name), ('in', child)] = inf
+        if node.children is None:
+            capacity[('out', name), 'sink'] = inf
+    for name in dict.fromkeys(selected):
+        capacity['start', ('in', name)] = inf
+    edges: dict[Any, set] = collections.defaultdict(set)
+    for a, b in list(capacity):
+        edges[a].add(b)
+        edges[b].add(a)
+    total = 0
+    while True:
+        # Edmonds-Karp: the shortest path with room left, by breadth.
+        came_from: dict[Any, Any] = {'start': None}
+        queue = collections.deque(['start'])
+        while queue and 'sink' not in came_from:
+            here = queue.popleft()
+            for there in edges[here]:
+                if there not in came_from and capacity[here, there] > 0:
+                    came_from[there] = here
+                    queue.append(there)
+        if 'sink' not in came_from:
+            return total
+        path = []
+        there = 'sink'
+        while came_from[there] is not None:
+            path.append((came_from[there], there))
+            there = came_from[there]
+        through = min(capacity[edge] for edge in path)
+        if through == inf:
+            return None
+        for a, b in path:
+            capacity[a, b] -= through
+            capacity[b, a] += through
+        total += int(through)
 
 
 class Status(base.Lister):
@@ -90,21 +193,25 @@ class Status(base.Lister):
     """
 
     _failed = False
-
-    def run(self, parsed_args: argparse.Namespace) -> int:
-        status = super().run(parsed_args)
-        return status or (1 if self._failed else 0)
+    _summary: tuple[Sequence[str], list] | None = None
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
+        # The default format depends on --query: resolved in run().
+        parser.set_defaults(formatter=None)
+        for action in parser._actions:
+            if action.dest == 'formatter':
+                action.help = ('the output format, defaults to table '
+                               '(value with --query)')
         parser.add_argument(
             'sources', nargs='*', metavar='SOURCE',
             help='Only show these sources (default: all, or the global '
                  '-s source).')
         parser.add_argument(
             '-t', '--tree', action='store_true',
-            help='List each pool with the sources it draws from indented '
-                 'beneath it.')
+            help='List each pool with the sources it draws from beneath '
+                 'it (indented in the table; other formats give each row '
+                 'a parent and a depth).')
         parser.add_argument(
             '-v', '--verbose', action='store_true',
             help='Also list every instance: its name, source, state, '
@@ -118,84 +225,150 @@ class Status(base.Lister):
                  'configuration root, with the file of each definition.')
         parser.add_argument(
             '--query', choices=QUERIES,
-            help='Print one number summed over the selected sources: '
-                 'cached, in-use, max (0 when any has no limit) or '
-                 'available (how many an acquire could get now; '
-                 '"unlimited" when any has no limit).')
+            help='Print one figure for the selected sources, counting '
+                 'each instance once (a pool instance and the instance it '
+                 'wraps are one, counted for the pool when both sources '
+                 'are selected): cached, in-use, max (the most instances '
+                 'they can have at once, a pool\'s drawn from its '
+                 'sources; 0 when nothing limits them) or available (the '
+                 'cached instances plus the new ones there is room for '
+                 'now; "unlimited" when nothing limits them). Printed '
+                 'bare, or with -f json as {"query": ..., "value": ...}.')
         return parser
+
+    def run(self, parsed_args: argparse.Namespace) -> int:
+        if parsed_args.formatter is None:
+            parsed_args.formatter = 'value' if parsed_args.query else 'table'
+        status = super().run(parsed_args)
+        return status or (1 if self._failed else 0)
 
     def _selected(self, parsed_args: argparse.Namespace) -> list[str]:
         if parsed_args.sources:
-            return parsed_args.sources
+            return list(dict.fromkeys(parsed_args.sources))
         global_source = getattr(self.app.options, 'source', None)
         return [global_source] if global_source else []
 
     def take_action(self, parsed_args: argparse.Namespace
                     ) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        if parsed_args.query and (parsed_args.verbose or parsed_args.tree
+                                  or parsed_args.all_definitions):
+            raise exceptions.CrcacheError(
+                '--query prints one figure: it cannot be combined with '
+                '-v, -t or -a')
         statuses = self.cache.status(self._selected(parsed_args) or None)
         for status in statuses:
             if status.error and status.name in self.cache.config.errors:
                 LOG.error('%s', status.error)
                 self._failed = True
-        self._point_out_slow(statuses)
+        instances = self.cache.instances()
+        self._point_out_slow(statuses, instances)
         if parsed_args.query:
-            parsed_args.formatter = 'value'
-            parsed_args.columns = []
-            return ('value',), [(query(statuses, parsed_args.query),)]
-        if parsed_args.verbose:
-            self._summary = self._source_rows(statuses, parsed_args)
             names = [s.name for s in statuses]
-            return INSTANCE_COLUMNS, [
-                instance_row(i) for i in self.cache.instances(names)]
+            value = query(parsed_args.query, names, self._nodes(names),
+                          instances)
+            if parsed_args.formatter == 'value' and not parsed_args.columns:
+                return ('value',), [(value,)]
+            return QUERY_COLUMNS, [(parsed_args.query, value)]
+        if parsed_args.verbose:
+            if self._decorated(parsed_args):
+                self._summary = self._source_rows(statuses, parsed_args)
+            names = {s.name for s in statuses}
+            return INSTANCE_COLUMNS, [instance_row(i) for i in instances
+                                      if i.source in names]
         return self._source_rows(statuses, parsed_args)
+
+    def _decorated(self, parsed_args: argparse.Namespace) -> bool:
+        """Whether the output is for reading: the table, whole."""
+        return parsed_args.formatter == 'table' and not parsed_args.columns
+
+    def _nodes(self, names: Iterable[str]) -> dict[str, Node]:
+        """--query's view of ``names`` and every source they draw on."""
+        from crcache.sources import base as sources
+        config = self.cache.config
+        nodes: dict[str, Node] = {}
+        todo = list(names)
+        while todo:
+            name = todo.pop()
+            if name in nodes:
+                continue
+            if not config.usable(name):
+                nodes[name] = Node(0)  # nothing can be made of it
+                continue
+            source = config.source(name)
+            if isinstance(source, sources.LayeredSource):
+                nodes[name] = Node(source.conf.maximum or None,
+                                   source.children)
+                todo.extend(source.children)
+            else:
+                nodes[name] = Node(source.maximum or None)
+        return nodes
 
     def _source_rows(self, statuses: list, parsed_args: argparse.Namespace
                      ) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
-        by_name = {s.name: s for s in statuses}
         columns: tuple[str, ...] = COLUMNS
         if parsed_args.all_definitions:
-            columns = COLUMNS + ('path', 'shadowed')
-
+            columns += ('path', 'shadowed')
         broken = any(s.error for s in statuses)
         if broken:
-            columns = columns + ('error',)
+            columns += ('error',)
+        tree = parsed_args.tree
+        if tree:
+            columns += TREE_COLUMNS
 
-        def row(status: Any, label: str | None = None) -> tuple[Any, ...]:
+        def row(status: Any, parent: str | None = None,
+                depth: int = 0) -> tuple[Any, ...]:
             values: tuple[Any, ...] = (
-                label or status.name, status.cached, status.in_use,
-                status.maximum)
+                status.name, status.cached, status.in_use, status.maximum)
             if parsed_args.all_definitions:
                 definition = self.cache.config.definitions.get(status.name)
                 values += (definition.path if definition else None, False)
             if broken:
                 values += (status.error,)
+            if tree:
+                values += (parent, depth)
             return values
 
         rows: list[tuple[Any, ...]] = []
-        if parsed_args.tree:
-            pools = [s for s in statuses if s.children]
-            others = [s for s in statuses if not s.children]
-            for status in pools:
+        if tree:
+            every = {s.name: s for s in self.cache.status()}
+            every.update((s.name, s) for s in statuses)
+
+            def subtree(status: Any, depth: int) -> None:
+                for child in self._children(status.name):
+                    if child in every:
+                        rows.append(row(every[child], status.name, depth))
+                        subtree(every[child], depth + 1)
+
+            for status in [s for s in statuses if s.children]:
                 rows.append(row(status))
-                rows.extend(self._tree_children(status.name, 1, columns))
-            rows.extend(row(s) for s in others)
+                subtree(status, 1)
+            rows.extend(row(s) for s in statuses if not s.children)
         else:
             rows.extend(row(s) for s in statuses)
         if parsed_args.all_definitions:
+            selected = {s.name for s in statuses}
             for definition in self.cache.config.shadowed:
-                if by_name and definition.name not in by_name:
+                if selected and definition.name not in selected:
                     continue
                 rows.append((definition.name, None, None, None,
                              definition.path, True)
-                            + ((None,) if broken else ()))
+                            + ((None,) if broken else ())
+                            + ((None, 0) if tree else ()))
         return columns, rows
 
-    def _point_out_slow(self, statuses: list) -> None:
+    def _children(self, name: str) -> list[str]:
+        try:
+            return list(self.cache.config.source(name).children)
+        except (exceptions.CrcacheError, AttributeError):
+            return []
+
+    def _point_out_slow(self, statuses: list, instances: list) -> None:
         """Say which instances are stuck changing state, and on what."""
         now = time.time()
-        names = [s.name for s in statuses]
-        for inst in self.cache.instances(names):
-            if inst.state not in ('provisioning', 'discarding'):
+        names = {s.name for s in statuses}
+        for inst in instances:
+            if inst.source not in names or inst.state not in (
+                    'provisioning', 'discarding'):
                 continue
             op = inst.op or {}
             since = op.get('since') or inst.updated
@@ -209,27 +382,40 @@ class Status(base.Lister):
             LOG.warning('%s has been %s for %s (%s)', inst.name, inst.state,
                         _duration(now - since), doing)
 
-    def _tree_children(self, name: str, depth: int,
-                       columns: tuple[str, ...]) -> list[tuple[Any, ...]]:
-        rows = []
-        try:
-            children = self.cache.config.source(name).children
-        except (exceptions.CrcacheError, AttributeError):
-            return rows
-        for child in children:
-            label = '  ' * (depth - 1) + '+ ' + child
-            rows.append((label,) + (None,) * (len(columns) - 1))
-            rows.extend(self._tree_children(child, depth + 1, columns))
-        return rows
-
     def produce_output(self, parsed_args: argparse.Namespace,
-                       column_names: Any, data: Any) -> int:
-        # take_action may have switched the format (--query prints a bare
-        # value), and cliff picked the formatter before calling it.
-        self.formatter = self._formatter_plugins[parsed_args.formatter].obj
-        summary = getattr(self, '_summary', None)
-        if (summary is not None and parsed_args.formatter == 'table'
-                and not parsed_args.columns):
-            super().produce_output(parsed_args, *summary)
-            self.app.stdout.write('\n')
+                       column_names: Sequence[str], data: Any) -> int:
+        if parsed_args.query and hasattr(self.formatter, 'emit_one'):
+            # One figure is one object (JSON, YAML), not a list of one.
+            columns, selector = self._generate_columns_and_selector(
+                parsed_args, column_names)
+            [values] = data
+            if selector:
+                values = list(itertools.compress(values, selector))
+            self.formatter.emit_one(columns, values, self.app.stdout,
+                                    parsed_args)
+            return 0
+        if self._decorated(parsed_args):
+            if self._summary is not None:
+                summary, self._summary = self._summary, None
+                if parsed_args.tree:
+                    summary = _drawn_tree(*summary)
+                super().produce_output(parsed_args, *summary)
+                self.app.stdout.write('\n')
+            elif parsed_args.tree:
+                column_names, data = _drawn_tree(column_names, data)
         return super().produce_output(parsed_args, column_names, data)
+
+
+def _drawn_tree(column_names: Sequence[str], rows: Iterable[Sequence[Any]]
+                ) -> tuple[Sequence[str], list[tuple[Any, ...]]]:
+    """The tree as the table draws it: ``+ child`` beneath its pool."""
+    width = len(column_names) - len(TREE_COLUMNS)
+    drawn = []
+    for row in rows:
+        depth = row[-1]
+        if depth:
+            drawn.append(('  ' * (depth - 1) + '+ ' + row[0],)
+                         + (None,) * (width - 1))
+        else:
+            drawn.append(tuple(row[:width]))
+    return column_names[:width], drawn

@@ -425,9 +425,11 @@ class DockerSource(base.BackendSource):
             into, name = posixpath.split(target)
             parent = self._stat(ref, into)
             if parent is None or not parent['mode'] & _GO_DIR:
-                raise exceptions.CopyError(
-                    f'{into}: no such directory in container '
-                    f"{ref.get('name')}")
+                # Named as the user wrote it, not as resolved here.
+                raise exceptions.InstancePathError(
+                    posixpath.dirname(dst.rstrip('/')) or into,
+                    'no such directory' if parent is None
+                    else 'not a directory')
         stream = tarcopy.archive_stream(src, name, follow=not recursive)
         self._call(f'copying to {into}', self.api.put_archive, ref['id'],
                    into, stream)
@@ -449,14 +451,13 @@ class DockerSource(base.BackendSource):
                 stat = self._stat(ref, path)
             if stat is not None and stat['mode'] & _GO_DIR \
                     and not recursive:
-                raise exceptions.CopyError(
-                    f'{src}: is a directory (use -r to copy directories)')
+                raise exceptions.InstancePathError(
+                    src, 'is a directory (use -r to copy directories)')
             chunks, _ = self._call(f'copying from {src}',
                                    self.api.get_archive, ref['id'], path)
         except docker.errors.NotFound:
-            raise exceptions.CopyError(
-                f"{src}: no such file or directory in container "
-                f"{ref.get('name')}")
+            raise exceptions.InstancePathError(src,
+                                               'no such file or directory')
         base_name = posixpath.basename(path.rstrip('/')) or path
         with tarcopy.landing(dst, base_name, name) as into:
             tarcopy.extract(_ChunkReader(chunks), into, base_name,

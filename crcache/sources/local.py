@@ -50,12 +50,12 @@ class LocalSource(base.BackendSource):
     def copy_in(self, ref: base.Ref, src: str, dst: str,
                 recursive: bool) -> None:
         from crcache import localcopy
-        localcopy.copy(src, dst, recursive)
+        localcopy.copy(src, dst, recursive, instance_side='dst')
 
     def copy_out(self, ref: base.Ref, src: str, dst: str,
                  recursive: bool) -> None:
         from crcache import localcopy
-        localcopy.copy(src, dst, recursive)
+        localcopy.copy(src, dst, recursive, instance_side='src')
 
 
 def list_opts() -> list[tuple[str | None, list]]:

@@ -57,3 +57,39 @@ class TestCopy(base.CLITestCase):
     def test_instance_not_acquired(self) -> None:
         result = self.crcache('cp', 'dir', 'nosuch-0:x', expect=None)
         self.assertOneLineError(result, "unknown instance 'nosuch-0'")
+
+    def test_missing_instance_paths_name_the_instance(self) -> None:
+        # The local source's instances are this machine; the paths are
+        # still named as the instance's, as the user wrote them.
+        self.write_source('other', type='local')
+        other = self.crcache('acquire', '-s', 'other').stdout.strip()
+        nosuch = os.path.join(self.home, 'no', 'such')
+        dst = os.path.join(self.home, 'dst')
+        for name in (self.name, other):
+            for flags in ((), ('-r',)):
+                for path in (f'{nosuch}/file', 'no/such/file'):
+                    result = self.crcache('cp', *flags, f'{name}:{path}',
+                                          dst, expect=None)
+                    self.assertEqual(
+                        (1, '', f'crcache: {name}:{path}: no such file or '
+                         'directory\n'),
+                        (result.returncode, result.stdout, result.stderr))
+                    result = self.crcache('cp', *flags, './dir/sub/run.sh',
+                                          f'{name}:{path}', expect=None)
+                    self.assertEqual(
+                        f'crcache: {name}:{os.path.dirname(path)}: no such '
+                        'directory\n', result.stderr)
+        self.assertFalse(os.path.lexists(dst))
+        result = self.crcache('cp', f'{self.name}:dir', dst, expect=None)
+        self.assertEqual(f'crcache: {self.name}:dir: is a directory (use -r '
+                         'to copy directories)\n', result.stderr)
+
+    def test_missing_local_paths_are_named_alone(self) -> None:
+        result = self.crcache('cp', 'nosuch', f'{self.name}:{self.target}',
+                              expect=None)
+        self.assertEqual('crcache: nosuch: no such file or directory\n',
+                         result.stderr)
+        result = self.crcache('cp', f'{self.name}:dir/sub/run.sh',
+                              'no/such/x', expect=None)
+        self.assertEqual('crcache: no/such: no such directory\n',
+                         result.stderr)

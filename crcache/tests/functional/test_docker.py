@@ -334,18 +334,32 @@ class TestCopy(DockerTestCase):
             self.assertEqual('data\n', f.read())
 
     def test_missing_path_is_one_line(self) -> None:
+        # Paths in the container are named as INSTANCE:PATH, as written.
         dst = os.path.join(self.home, 'dst')
         result = self.crcache('cp', f'{self.name}:/nonexistent', dst,
                               expect=None)
-        self.assertOneLineError(result, '/nonexistent')
+        self.assertOneLineError(result)
+        self.assertEqual(f'crcache: {self.name}:/nonexistent: no such file '
+                         'or directory\n', result.stderr)
         self.assertFalse(os.path.lexists(dst))
+        result = self.crcache('cp', f'{self.name}:nonexistent', dst,
+                              expect=None)
+        self.assertEqual(f'crcache: {self.name}:nonexistent: no such file '
+                         'or directory\n', result.stderr)
         result = self.crcache('cp', os.path.join(self.home, 'nosuch'),
                               f'{self.name}:/tmp', expect=None)
         self.assertOneLineError(result, 'nosuch')
         result = self.crcache(
             'cp', os.path.join(self.tree, 'data.txt'),
             f'{self.name}:/nonexistent/dir/data.txt', expect=None)
-        self.assertOneLineError(result, '/nonexistent/dir')
+        self.assertOneLineError(result)
+        self.assertEqual(f'crcache: {self.name}:/nonexistent/dir: no such '
+                         'directory\n', result.stderr)
+        result = self.crcache(
+            'cp', os.path.join(self.tree, 'data.txt'),
+            f'{self.name}:nonexistent/data.txt', expect=None)
+        self.assertEqual(f'crcache: {self.name}:nonexistent: no such '
+                         'directory\n', result.stderr)
 
     def test_directory_without_r_is_refused(self) -> None:
         result = self.crcache('cp', self.tree, f'{self.name}:/tmp',
@@ -358,7 +372,7 @@ class TestCopy(DockerTestCase):
         dst = os.path.join(self.home, 'd')
         result = self.crcache('cp', f'{self.name}:/tmp/d', dst,
                               expect=None)
-        self.assertOneLineError(result, '/tmp/d', '-r')
+        self.assertOneLineError(result, f'{self.name}:/tmp/d: ', '-r')
         self.assertFalse(os.path.lexists(dst))
 
     def test_link_out_of_the_copy_is_refused(self) -> None:
@@ -425,7 +439,7 @@ class TestReserve(DockerTestCase):
         time.sleep(1.5)
         actions = self.gc()
         self.assertEqual([(name, 'box', 'discarded')],
-                         [(a['instance'], a['source'], a['action'])
+                         [(a['name'], a['source'], a['action'])
                           for a in actions], actions)
         self.assertIn('max_idle', actions[0]['reason'])
         self.assertEqual([], self.containers())
@@ -500,7 +514,7 @@ class TestCrash(DockerTestCase):
         self.assertTrue(self.running(orphan['Id']))
         actions = self.gc()
         self.assertEqual([(name, 'box', 'discarded')],
-                         [(a['instance'], a['source'], a['action'])
+                         [(a['name'], a['source'], a['action'])
                           for a in actions], actions)
         self.assertEqual([], self.containers())
         self.assertGone(orphan['Id'])
@@ -528,14 +542,14 @@ class TestCrash(DockerTestCase):
         self.client.start(created['Id'])
         actions = self.gc()
         self.assertEqual([('box-99', 'box', 'leaked')],
-                         [(a['instance'], a['source'], a['action'])
+                         [(a['name'], a['source'], a['action'])
                           for a in actions], actions)
         self.assertIn(created['Id'][:12], actions[0]['reason'])
         self.assertTrue(self.running(created['Id']))
 
         actions = self.gc('--leaks')
         self.assertEqual([('box-99', 'box', 'destroyed')],
-                         [(a['instance'], a['source'], a['action'])
+                         [(a['name'], a['source'], a['action'])
                           for a in actions], actions)
         self.assertGone(created['Id'])
         self.assertEqual([], self.gc())

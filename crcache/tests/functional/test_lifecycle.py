@@ -54,8 +54,10 @@ def kill_quietly(pid: int) -> None:
 
 
 def stamp_time(stamp: str) -> float:
-    """Seconds since the epoch of a ``status -v`` local time stamp."""
-    return time.mktime(time.strptime(stamp, '%Y-%m-%dT%H:%M:%S'))
+    """Seconds since the epoch of a ``status -v`` stamp (UTC, with Z)."""
+    import datetime
+    return datetime.datetime.strptime(
+        stamp, '%Y-%m-%dT%H:%M:%S.%f%z').timestamp()
 
 
 class StderrLines:
@@ -110,7 +112,7 @@ class LifecycleTestCase(base.HookTestCase):
     def gc(self) -> list[dict]:
         rows = self.json('gc')
         for row in rows:
-            self.assertEqual({'instance', 'source', 'action', 'reason'},
+            self.assertEqual({'name', 'source', 'action', 'reason'},
                              set(row), rows)
         return rows
 
@@ -233,7 +235,7 @@ class TestMaxIdle(LifecycleTestCase):
         self.idle()
         [row] = self.gc()
         self.assertEqual(('box-0', 'box', 'discarded'),
-                         (row['instance'], row['source'], row['action']))
+                         (row['name'], row['source'], row['action']))
         self.assertIn('max_idle', row['reason'])
         self.assertEqual(['provision box-0', 'discard box-0'],
                          self.logged())
@@ -346,7 +348,7 @@ class TestLeases(LifecycleTestCase):
     def assertLeaseReclaimed(self, name: str = 'box-0') -> None:
         [row] = self.gc()
         self.assertEqual((name, 'discarded'),
-                         (row['instance'], row['action']), row)
+                         (row['name'], row['action']), row)
         self.assertIn('lease', row['reason'])
         self.assertIn(f'discard {name}', self.logged())
         self.assertNothingLive()
@@ -383,7 +385,7 @@ class TestLeases(LifecycleTestCase):
         self.expire()
         [row] = self.gc()
         self.assertEqual(('box-0', 'box', 'kept'),
-                         (row['instance'], row['source'], row['action']))
+                         (row['name'], row['source'], row['action']))
         self.assertEqual(1, self.status('box')['box']['in-use'])
         self.assertNotIn('discard box-0', self.logged())
 
@@ -395,7 +397,7 @@ class TestLeases(LifecycleTestCase):
         self.expire()
         [row] = self.gc()
         self.assertEqual(('pool-0', 'pool', 'discarded'),
-                         (row['instance'], row['source'], row['action']))
+                         (row['name'], row['source'], row['action']))
         self.assertIn('discard box-0', self.logged())
         # Its state is unknown: not kept, despite box's reserve.
         self.assertNothingLive()
@@ -437,7 +439,7 @@ class TestUnreleased(LifecycleTestCase):
         self.assertEqual(0, proc.wait(30))
         [row] = self.gc()
         self.assertEqual(('box-0', 'box', 'kept'),
-                         (row['instance'], row['source'], row['action']))
+                         (row['name'], row['source'], row['action']))
         self.assertIn(f'pid {proc.pid}', row['reason'])
         self.assertIn('exited', row['reason'])
         self.assertIn('no lease', row['reason'])
@@ -496,7 +498,7 @@ class CrashMixin:
         self.assertEqual(('box-0', state), (row['name'], row['state']))
         [row] = self.gc()
         self.assertEqual(('box-0', 'box', 'discarded'),
-                         (row['instance'], row['source'], row['action']))
+                         (row['name'], row['source'], row['action']))
         self.assertIn(f'pid {worker}', row['reason'])
         self.assertIn('exited', row['reason'])
         # The hook is gone, with everything it started.
@@ -600,12 +602,12 @@ class CrashMixin:
         self.addCleanup(kill_quietly, worker)
         self.assertEqual([], self.gc())  # not yet twice the limit
         [row] = self.instances()
-        # Stamps have whole seconds: wait one more to be sure.
+        # Just past twice the limit (stamps are truncated milliseconds).
         started = stamp_time(row['since'])
-        time.sleep(max(0.0, started + 3.3 - time.time()))
+        time.sleep(max(0.0, started + 2.3 - time.time()))
         [row] = self.gc()
         self.assertEqual(('box-0', 'discarded'),
-                         (row['instance'], row['action']))
+                         (row['name'], row['action']))
         self.assertIn('twice provision_timeout (1s)', row['reason'])
         self.wait_for(lambda: not base.session_members(hook), 5,
                       'the hook and its children to go')
@@ -642,7 +644,7 @@ class CrashMixin:
         [row] = [r for r in self.instances() if r['name'] == 'box-0']
         self.assertEqual('discarding', row['state'])
         # Once it has been a while, status points it out.
-        time.sleep(max(0.0, stamp_time(row['since']) + 6.2 - time.time()))
+        time.sleep(max(0.0, stamp_time(row['since']) + 5.2 - time.time()))
         result = self.crcache('status')
         self.assertIn('box-0 has been discarding for', result.stderr)
         self.assertIn('discard.d/20-hang running', result.stderr)

@@ -93,11 +93,11 @@ class TestVanishedSources(RobustnessTestCase):
         self.assertEqual("source 'x' is no longer configured",
                          rows['x']['error'])
         [row] = self.json('gc')
-        self.assertEqual(('x-0', 'kept'), (row['instance'], row['action']))
+        self.assertEqual(('x-0', 'kept'), (row['name'], row['action']))
         self.assertIn('--forget x', row['reason'])
         [row] = self.json('gc', '--forget', 'x')
         self.assertEqual(('x-0', 'x', 'forgotten'),
-                         (row['instance'], row['source'], row['action']))
+                         (row['name'], row['source'], row['action']))
         self.assertIn('was discarding', row['reason'])
         self.assertEqual([], self.instances())
         self.assertEqual([], self.json('gc'))
@@ -118,7 +118,7 @@ class TestVanishedSources(RobustnessTestCase):
         self.write_source('x', type='local')
         [row] = self.json('gc')
         self.assertEqual(('x-0', 'discarded'),
-                         (row['instance'], row['action']))
+                         (row['name'], row['action']))
         self.assertEqual(['discard x-0'], self.logged())
         self.assertEqual([], self.instances())
 
@@ -130,11 +130,11 @@ class TestVanishedSources(RobustnessTestCase):
         self.crcache('release', 'p-0')
         forgotten, discarded = self.json('gc', '--forget', 'p')
         self.assertEqual(('p-0', 'forgotten'),
-                         (forgotten['instance'], forgotten['action']))
+                         (forgotten['name'], forgotten['action']))
         self.assertIn('it held x-0', forgotten['reason'])
         # x-0, which it held, was left in an unknown state: discarded.
         self.assertEqual(('x-0', 'discarded'),
-                         (discarded['instance'], discarded['action']))
+                         (discarded['name'], discarded['action']))
         self.assertEqual([], self.instances())
         self.assertEqual('x-1\n', self.crcache('acquire', '-s',
                                                'x').stdout)
@@ -158,7 +158,7 @@ class TestDamagedRows(RobustnessTestCase):
         self.assertEqual(1, len(result.stderr.splitlines()), str(result))
         [row] = self.json('gc')
         self.assertEqual(('box-0', 'discarded'),
-                         (row['instance'], row['action']))
+                         (row['name'], row['action']))
         self.assertIn("state 'frozen' is unknown", row['reason'])
         self.assertEqual(['discard box-0'], self.logged())
         self.assertEqual('box-1\n', self.crcache('acquire', '-s',
@@ -174,7 +174,7 @@ class TestDamagedRows(RobustnessTestCase):
                       'valid JSON', result.stderr)
         [row] = self.json('gc')
         self.assertEqual(('box-0', 'discarded'),
-                         (row['instance'], row['action']))
+                         (row['name'], row['action']))
         self.assertEqual([], self.instances())
 
 

@@ -314,6 +314,35 @@ class TestCopy(SSHTestCase):
         with open(dst) as f:
             self.assertEqual('data\n', f.read())
 
+    def test_missing_paths_name_the_instance(self) -> None:
+        dst = os.path.join(self.home, 'dst')
+        for path in (f'{self.remote}/nosuch', 'nosuch', '-nosuch'):
+            for flags in ((), ('-r',)):
+                result = self.crcache('cp', *flags, f'{self.name}:{path}',
+                                      dst, expect=None)
+                self.assertEqual(
+                    (1, f'crcache: {self.name}:{path}: no such file or '
+                     'directory\n'),
+                    (result.returncode, result.stderr), str(result))
+        self.assertFalse(os.path.lexists(dst))
+        src = os.path.join(self.tree, 'data.txt')
+        for flags, what in (((), src), (('-r',), self.tree)):
+            for parent in (f'{self.remote}/no/such', 'no/such', '-no'):
+                result = self.crcache('cp', *flags, what,
+                                      f'{self.name}:{parent}/x',
+                                      expect=None)
+                self.assertEqual(
+                    (1, f'crcache: {self.name}:{parent}: no such '
+                     'directory\n'),
+                    (result.returncode, result.stderr), str(result))
+
+    def test_directory_without_r_names_the_instance(self) -> None:
+        result = self.crcache('cp', f'{self.name}:{self.remote}',
+                              os.path.join(self.home, 'dst'), expect=None)
+        self.assertEqual(
+            f'crcache: {self.name}:{self.remote}: is a directory (use -r '
+            'to copy directories)\n', result.stderr)
+
 
 class TestHostKeys(SSHTestCase):
     """Host keys are verified; only accept-new records; changed is loud."""

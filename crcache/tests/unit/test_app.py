@@ -42,3 +42,22 @@ class TestGlobalParser(testtools.TestCase):
 
     def test_unknown_global_option_is_an_error(self):
         self.assertRaises(SystemExit, self.parse, '--bogus', 'status')
+
+
+class TestUnknownCommand(testtools.TestCase):
+
+    COMMANDS = ['acquire', 'complete', 'cp', 'fill', 'gc', 'help',
+                'release', 'run', 'status']
+
+    def test_messages(self):
+        for word, expected in [
+                ('frobnicate', "unknown command 'frobnicate'"),
+                ('x', "unknown command 'x'"),
+                ('stauts', "unknown command 'stauts' (did you mean "
+                           "'status'?)"),
+                ('relase', "unknown command 'relase' (did you mean "
+                           "'release'?)"),
+                ('c', "unknown command 'c' (did you mean 'complete' or "
+                      "'cp'?)")]:
+            self.assertEqual(expected,
+                             app.unknown_command(word, self.COMMANDS))
