@@ -15,6 +15,13 @@ status, to the client. It exits after ``$CRCACHE_AGENT_IDLE`` seconds
 
 The agent holds no state of its own: configuration and the state store
 are read afresh by every worker, so it can never serve stale answers.
+Nor stale code: the client only reaches an agent started from the same
+crcache files and ``sys.path`` (its socket is named after them), and the
+agent itself refuses to serve once a file of any installed plugin (the
+packages behind crcache's entry points) has changed since it loaded it,
+and retires, so that the next command starts a fresh one. A client whose
+process state the worker cannot take on (other user or group ids) is
+refused too, and runs its command directly.
 """
 
 from __future__ import annotations
@@ -48,20 +55,98 @@ PRELOAD = (
 )
 
 
-def preload() -> None:
-    """Import what workers use, including every installed plugin."""
+#: The entry point groups whose plugins workers load.
+PLUGIN_NAMESPACES = ('crcache.cmd', 'crcache.sources', 'crcache.stores',
+                     'crcache.formatter.list')
+
+
+def preload() -> dict[str, tuple[int, int]]:
+    """Import what workers use, including every installed plugin.
+
+    Returns the plugins' files with their modification times and sizes
+    (see :func:`plugin_files`).
+    """
     for name in PRELOAD:
         with contextlib.suppress(Exception):
             importlib.import_module(name)
     from stevedore import extension
-    for namespace in ('crcache.cmd', 'crcache.sources',
-                      'crcache.formatter.list'):
+    entry_points = []
+    for namespace in PLUGIN_NAMESPACES:
         with contextlib.suppress(Exception):
-            extension.ExtensionManager(
+            manager = extension.ExtensionManager(
                 namespace, on_load_failure_callback=lambda *a: None)
+            entry_points.extend(manager.list_entry_points())
     with contextlib.suppress(Exception):
         from crcache import version
         version.version_string()
+    return plugin_files(entry_points)
+
+
+def plugin_files(entry_points: list) -> dict[str, tuple[int, int]]:
+    """The files that make up the plugins behind ``entry_points``.
+
+    For each entry point: every ``.py`` file of the top-level package its
+    module belongs to, so an edit anywhere in it counts, and so does a
+    reinstall, which rewrites them. (A distribution installed, removed or
+    upgraded changes its ``sys.path`` directory, which the client's
+    fingerprint covers, as it covers crcache's own package.)
+    """
+    own = os.path.dirname(os.path.abspath(__file__))
+    files: dict[str, tuple[int, int]] = {}
+    for entry_point in entry_points:
+        top = entry_point.value.split(':')[0].split('.')[0]
+        module = sys.modules.get(top)
+        path = getattr(module, '__file__', None)
+        if path:
+            directory = os.path.dirname(os.path.abspath(path))
+            if os.path.basename(path) == '__init__.py':
+                if directory != own:
+                    _walk(directory, files)
+            else:
+                _stamp(os.path.abspath(path), files)
+    return files
+
+
+def _walk(directory: str, files: dict[str, tuple[int, int]]) -> None:
+    stack = [directory]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name in ('__pycache__', 'tests'):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            elif entry.name.endswith('.py'):
+                _stamp(entry.path, files)
+
+
+def _stamp(path: str, files: dict[str, tuple[int, int]]) -> None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    files[path] = (st.st_mtime_ns, st.st_size)
+
+
+def changed_plugin(files: dict[str, tuple[int, int]]) -> str | None:
+    """The first of ``files`` changed (or gone) since it was stamped."""
+    for path, stamp in files.items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            return path
+        if (st.st_mtime_ns, st.st_size) != stamp:
+            return path
+    return None
+
+
+def _identity() -> list[int]:
+    """What a worker cannot change about itself: its ids and groups."""
+    return [os.getuid(), os.geteuid(), os.getgid(), os.getegid(),
+            *sorted(set(os.getgroups()))]
 
 
 class _Pending:
@@ -82,11 +167,15 @@ class _Pending:
 
 def _valid_request(request: object) -> bool:
     """Whether ``request`` has exactly the shape the client sends."""
-    if not (isinstance(request, tuple) and len(request) == 9
+    if not (isinstance(request, tuple) and len(request) == 11
             and request[0] == agentclient.PROTOCOL):
         return False
     (_, argv, env, cwd, umask, client_pid, client_ppid, argv0,
-     warned) = request
+     warned, identity, ignored) = request
+    if not (isinstance(identity, list) and isinstance(ignored, list)
+            and all(isinstance(n, int) and not isinstance(n, bool)
+                    for n in identity + ignored)):
+        return False
     return (isinstance(argv, list) and all(isinstance(a, str) for a in argv)
             and isinstance(env, dict)
             and all(isinstance(k, str) and isinstance(v, str)
@@ -112,9 +201,13 @@ class Agent:
     #: Requests being read at once; past this, the oldest is dropped.
     MAX_PENDING = 64
 
-    def __init__(self, path: str, idle: float) -> None:
+    def __init__(self, path: str, idle: float,
+                 plugins: dict[str, tuple[int, int]] | None = None) -> None:
         self.path = path
         self.idle = idle
+        #: Plugin files as loaded (see :func:`plugin_files`).
+        self.plugins = plugins or {}
+        self.identity = _identity()
         self.listener: socket.socket | None = None
         self.workers: dict[int, socket.socket] = {}
         self.pending: dict[int, _Pending] = {}
@@ -154,11 +247,16 @@ class Agent:
                     return
                 if not self._still_ours():
                     return
+                if self.listener is None:  # retiring: plugins changed
+                    if not self.workers:
+                        return
+                    timeout = 1.0
                 for pending in self.pending.values():
                     timeout = min(timeout, pending.deadline - now)
                 # poll, not select: any number of descriptors will do.
                 poller = select.poll()
-                poller.register(self.listener, select.POLLIN)
+                if self.listener is not None:
+                    poller.register(self.listener, select.POLLIN)
                 poller.register(self._wake_r, select.POLLIN)
                 for fd in self.pending:
                     poller.register(fd, select.POLLIN)
@@ -168,7 +266,7 @@ class Agent:
                     poller.register(fd, select.POLLIN)
                 ready = poller.poll(max(timeout, 0.01) * 1000)
                 for fd, _ in ready:
-                    if fd == self.listener.fileno():
+                    if self.listener and fd == self.listener.fileno():
                         self._accept()
                         last_busy = time.monotonic()
                     elif fd == self._wake_r:
@@ -182,7 +280,20 @@ class Agent:
             self.close()
 
     def _still_ours(self) -> bool:
-        return daemon.still_ours(self.path, self._inode)
+        return self.listener is None or daemon.still_ours(self.path,
+                                                          self._inode)
+
+    def _refusal(self, request: tuple) -> str | None:
+        """Why this agent must not run ``request``, if it must not."""
+        if request[9] != self.identity:
+            return 'the client has other user or group ids'
+        changed = changed_plugin(self.plugins)
+        if changed is not None:
+            # Stale code: stop listening (the next command starts a new
+            # agent) and go once the workers are done.
+            self.close()
+            return f'{changed} changed since the agent loaded it'
+        return None
 
     def close(self) -> None:
         for pending in self.pending.values():
@@ -247,8 +358,15 @@ class Agent:
         fds = len(pending.incoming.fds)
         if pending.request is None:
             if (not _valid_request(message) or fds
-                    or not daemon.only_request(pending.conn)
-                    or not self._send(pending.conn, 'ready', None)):
+                    or not daemon.only_request(pending.conn)):
+                self._drop(fd)
+                return
+            refusal = self._refusal(message)
+            if refusal is not None:
+                self._send(pending.conn, 'refused', refusal)
+                self._drop(fd)
+                return
+            if not self._send(pending.conn, 'ready', None):
                 self._drop(fd)
                 return
             pending.request = message
@@ -330,12 +448,15 @@ class Agent:
         status = 1
         try:
             (_, argv, env, cwd, umask, client_pid, client_ppid,
-             argv0, warned) = request
+             argv0, warned, _, ignored) = request
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP,
                         signal.SIGQUIT):
                 signal.signal(sig, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            for sig in ignored:  # as the client inherited them (nohup)
+                with contextlib.suppress(ValueError, OSError):
+                    signal.signal(sig, signal.SIG_IGN)
             gc.unfreeze()
             gc.disable()
             os.setpgid(0, 0)
@@ -353,6 +474,7 @@ class Agent:
             os.chdir(cwd)
             os.environ.clear()
             os.environ.update(env)
+            _follow_environment()
             os.umask(umask)
             sys.argv = [argv0, *argv]
             _reopen_std_streams()
@@ -372,6 +494,18 @@ class Agent:
         finally:
             from crcache import shell
             shell._exit(status)
+
+
+def _follow_environment() -> None:
+    """Redo what a fresh interpreter derives from its environment once.
+
+    The time zone (``TZ``) and the temporary directory (``TMPDIR``) are
+    read at first use and kept; the locale is set up with the streams
+    (:func:`_reopen_std_streams`).
+    """
+    time.tzset()
+    import tempfile
+    tempfile.tempdir = None
 
 
 def _reopen_std_streams() -> None:
@@ -409,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     agent = Agent(argv[0], idle)
     if not agent.bind():
         return 0
-    preload()
+    agent.plugins = preload()
     agent.serve()
     return 0
 

@@ -34,13 +34,14 @@ import sys
 import _signal
 import _socket
 
-PROTOCOL = 2
+PROTOCOL = 3
 #: Seconds the agent has to answer each step (it answers at once).
 ANSWER_DEADLINE = 10.0
 #: Environment variable that turns the agent off (0, no, off, false).
 DISABLE_ENV = 'CRCACHE_AGENT'
 IDLE_ENV = 'CRCACHE_AGENT_IDLE'
 _FORWARD = ('SIGINT', 'SIGQUIT', 'SIGTERM', 'SIGHUP', 'SIGUSR1', 'SIGUSR2')
+_FORWARDED = [getattr(_signal, name) for name in _FORWARD]
 # A terminal sends these to its whole foreground process group; the agent's
 # worker is in a group of its own, so they go to that group.
 _TO_GROUP = ('SIGINT', 'SIGQUIT')
@@ -149,10 +150,14 @@ def run(argv: list[str]) -> int | None:
         return None
     mask = os.umask(0)
     os.umask(mask)
+    ignored = [signum for signum in _FORWARDED
+               if _signal.getsignal(signum) == _signal.SIG_IGN]
+    identity = [os.getuid(), os.geteuid(), os.getgid(), os.getegid(),
+                *sorted(set(os.getgroups()))]
     request = marshal.dumps((PROTOCOL, list(argv), dict(os.environ), cwd,
                              mask, os.getpid(), os.getppid(), sys.argv[0],
-                             daemon.warned()))
-    forwarder = _Forwarder()
+                             daemon.warned(), identity, ignored))
+    forwarder = _Forwarder(ignored)
     try:
         return _wait(sock, forwarder, path,
                      len(request).to_bytes(4, 'big') + request)
@@ -178,12 +183,15 @@ class _Forwarder:
     arrives before the worker's pid does is held and delivered then.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ignored: list[int]) -> None:
         self.pid = 0
         self.pending: list[int] = []
         self.group = {getattr(_signal, name) for name in _TO_GROUP}
-        for name in _FORWARD:
-            _signal.signal(getattr(_signal, name), self.handle)
+        # A signal we were started ignoring (nohup) stays ignored: the
+        # worker ignores it too.
+        self.forwarded = [s for s in _FORWARDED if s not in ignored]
+        for signum in self.forwarded:
+            _signal.signal(signum, self.handle)
 
     def handle(self, signum: int, frame: object) -> None:
         if not self.pid:
@@ -203,10 +211,9 @@ class _Forwarder:
         for signum in pending:
             self.handle(signum, None)
 
-    @staticmethod
-    def restore() -> None:
-        for name in _FORWARD:
-            _signal.signal(getattr(_signal, name), _signal.SIG_DFL)
+    def restore(self) -> None:
+        for signum in self.forwarded:
+            _signal.signal(signum, _signal.SIG_DFL)
 
 
 def _nothing_ran(forwarder: _Forwarder) -> None:

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import textwrap
 import threading
 import time
 
@@ -134,6 +135,104 @@ class TestAgent(AgentTestCase):
         self.assertEqual(-signal.SIGKILL, proc.wait(timeout=30))
 
 
+class TestSameAsDirect(AgentTestCase):
+    """Through the agent, a command behaves exactly as run directly."""
+
+    PLUGIN = textwrap.dedent('''\
+        """A crcache command plugin for the agent's tests."""
+        import os
+        from cliff import command
+
+        VERSION = 'v1'
+
+
+        class Hello(command.Command):
+            """Say which version of this plugin runs, and in what."""
+
+            def take_action(self, parsed_args):
+                with open(f'/proc/{os.getppid()}/cmdline', 'rb') as f:
+                    parent = f.read().replace(b'\\0', b' ').decode()
+                runner = 'agent' if 'crcache.agent' in parent else 'direct'
+                self.app.stdout.write(f'{VERSION} {runner}\\n')
+    ''')
+
+    def plugin(self) -> str:
+        """A plugin distribution on PYTHONPATH adding ``crcache hello``."""
+        top = os.path.join(self.home, 'plugins')
+        package = os.path.join(top, 'crcache_hello')
+        os.makedirs(package)
+        module = os.path.join(package, '__init__.py')
+        with open(module, 'w') as f:
+            f.write(self.PLUGIN)
+        info = os.path.join(top, 'crcache_hello-1.0.dist-info')
+        os.mkdir(info)
+        with open(os.path.join(info, 'METADATA'), 'w') as f:
+            f.write('Metadata-Version: 2.1\nName: crcache-hello\n'
+                    'Version: 1.0\n')
+        with open(os.path.join(info, 'entry_points.txt'), 'w') as f:
+            f.write('[crcache.cmd]\nhello = crcache_hello:Hello\n')
+        self.env['PYTHONPATH'] = top
+        return module
+
+    def hello_through_the_agent(self, version: str) -> None:
+        self.wait_for(lambda: self.crcache('hello').stdout
+                      == f'{version} agent\n', 20,
+                      f'{version} through the agent')
+
+    def test_an_edited_plugin_is_seen_by_the_next_command(self) -> None:
+        module = self.plugin()
+        self.hello_through_the_agent('v1')
+        # Edited in place: its directory (on sys.path) does not change.
+        with open(module) as f:
+            text = f.read()
+        with open(module, 'w') as f:
+            f.write(text.replace("VERSION = 'v1'", "VERSION = 'v2'"))
+        later = time.time() + 5
+        os.utime(module, (later, later))
+        self.assertEqual('v2 direct\n', self.crcache('hello').stdout)
+        self.hello_through_the_agent('v2')
+
+    def test_listings_are_byte_identical(self) -> None:
+        self.write_source('pool', type='pool', sources='local', reserve=1)
+        self.crcache('acquire', '-s', 'pool')
+        env = {'TZ': 'America/New_York', 'LANG': 'C.UTF-8',
+               'LC_TIME': 'C.UTF-8'}
+        self.crcache('status', env=env)
+        self.wait_for(lambda: self._agent_pids(), what='the agent to start')
+        commands = [('status',), ('status', '-v'), ('status', '-t'),
+                    ('status', '-a'), ('status', '-v', '-f', 'json'),
+                    ('status', '-t', '-f', 'yaml'),
+                    ('status', '-f', 'csv'), ('status', '-f', 'value'),
+                    ('status', '--query', 'available'),
+                    ('gc', '-f', 'json'), ('help', 'status'),
+                    ('status', 'nosuch'), ('frobnicate',)]
+        for command in commands:
+            agent = self.crcache(*command, env=env, expect=None)
+            direct = self.crcache(*command, expect=None,
+                                  env=dict(env, CRCACHE_AGENT='0'))
+            self.assertEqual(
+                (direct.returncode, direct.stdout, direct.stderr),
+                (agent.returncode, agent.stdout, agent.stderr), command)
+
+    def test_a_signal_ignored_by_the_caller_stays_ignored(self) -> None:
+        # As under nohup: SIGHUP is ignored by the caller, so neither
+        # crcache nor the command it runs may die of it.
+        name = self.crcache('acquire').stdout.strip()
+        self.crcache('status')
+        self.wait_for(lambda: self._agent_pids(), what='the agent to start')
+        proc = subprocess.Popen(
+            [base.CRCACHE, 'run', name, 'echo ready; sleep 1; echo done'],
+            env=self.env, cwd=self.project, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=lambda: signal.signal(signal.SIGHUP,
+                                             signal.SIG_IGN))
+        self.addCleanup(proc.kill)
+        self.assertEqual(b'ready\n', proc.stdout.readline())
+        proc.send_signal(signal.SIGHUP)
+        out, err = proc.communicate(timeout=20)
+        self.assertEqual((0, b'done\n', b''), (proc.returncode, out, err))
+
+
 class TestAgentProtocol(AgentTestCase):
     """Clients that misbehave on the agent's socket: slow, silent or
     malformed ones hold nobody up and leak nothing."""
@@ -220,7 +319,10 @@ class TestAgentProtocol(AgentTestCase):
             'protocol': agentclient.PROTOCOL,
             'argv': command, 'env': dict(self.env), 'cwd': self.project,
             'umask': 0o22, 'pid': os.getpid(), 'ppid': os.getppid(),
-            'argv0': base.CRCACHE, 'warned': []}
+            'argv0': base.CRCACHE, 'warned': [],
+            'identity': [os.getuid(), os.geteuid(), os.getgid(),
+                         os.getegid(), *sorted(set(os.getgroups()))],
+            'ignored': []}
         fields.update(changes)
         return tuple(fields.values())
 
@@ -243,6 +345,10 @@ class TestAgentProtocol(AgentTestCase):
                                 three),
             'environment not text': (
                 framed(self._request([], env={'A': 1})), three),
+            'other group ids than the agent': (
+                framed(self._request([], identity=[0, 0, 12345])), three),
+            'ignored signals not numbers': (
+                framed(self._request([], ignored=['HUP'])), three),
             'empty message': (hostile.frame(b''), three),
             'length past the data, then hang-up': (
                 hostile.frame(good[4:], len(good) + 100), three),
