@@ -984,13 +984,13 @@ class Cache:
             return
         if src_name is not None:
             leaf, source = self.resolve(src_name)
-            with _naming(src_name):
+            with _naming(src_name), self.progress.copying(src, dst):
                 self._call(source, f'copying from {src_name}',
                            source.copy_out, leaf.ref or {}, src_path,
                            dst_path, recursive)
         else:
             leaf, source = self.resolve(dst_name)
-            with _naming(dst_name):
+            with _naming(dst_name), self.progress.copying(src, dst):
                 self._call(source, f'copying to {dst_name}', source.copy_in,
                            leaf.ref or {}, src_path, dst_path, recursive)
 
@@ -1022,11 +1022,14 @@ class Cache:
         staging = tempfile.mkdtemp(prefix='crcache-cp.')
         try:
             os.chmod(staging, 0o700)
-            with _naming(src_name):
+            src = f'{src_name}:{src_path}'
+            with _naming(src_name), self.progress.copying(src,
+                                                          'this machine'):
                 src_source.copy_out(src_leaf.ref or {}, src_path, staging,
                                     recursive)
             base_name = os.path.basename(src_path.rstrip('/')) or src_path
-            with _naming(dst_name):
+            with _naming(dst_name), self.progress.copying(
+                    src, f'{dst_name}:{dst_path}'):
                 dst_source.copy_in(dst_leaf.ref or {},
                                    os.path.join(staging, base_name),
                                    dst_path, recursive)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 
 from crcache import exceptions
+from crcache import progress
 
 
 def check_source(src: str, is_dir: bool, recursive: bool) -> None:
@@ -33,6 +35,7 @@ def copy(src: str, dst: str, recursive: bool) -> None:
     is_dir = os.path.isdir(src)
     check_source(src, is_dir, recursive)
     target = target_path(src, dst, os.path.isdir(dst))
+    meter = progress.meter()
     try:
         if is_dir:
             real_src = os.path.realpath(src)
@@ -45,9 +48,12 @@ def copy(src: str, dst: str, recursive: bool) -> None:
                 raise exceptions.CopyError(
                     f'cannot overwrite non-directory {target} with '
                     f'directory {src}')
-            shutil.copytree(src, target, symlinks=True, dirs_exist_ok=True)
+            shutil.copytree(src, target, symlinks=True, dirs_exist_ok=True,
+                            copy_function=_counting_copy(meter))
         else:
-            shutil.copy2(src, target)
+            meter.expect(os.path.getsize(src))
+            with meter.watching(lambda: os.path.getsize(target)):
+                shutil.copy2(src, target)
     except shutil.SameFileError:
         raise exceptions.CopyError(f'{src} and {target} are the same file')
     except shutil.Error as err:
@@ -59,3 +65,15 @@ def copy(src: str, dst: str, recursive: bool) -> None:
         raise exceptions.CopyError(
             f'cannot copy {src} to {target}: {where}: '
             f'{err.strerror or err}')
+
+
+def _counting_copy(meter: progress.Meter) -> Callable[[str, str], str]:
+    """shutil.copy2, counting each file copied on ``meter``."""
+    if not meter.active:
+        return shutil.copy2
+
+    def copy(src: str, dst: str) -> str:
+        done = shutil.copy2(src, dst)
+        meter.add(os.path.getsize(done))
+        return done
+    return copy

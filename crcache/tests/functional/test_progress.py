@@ -4,16 +4,19 @@ Off a terminal (pipes, as in CI), slow work prints one plain line per
 event, stamped with the UTC time; on a terminal, one live line is redrawn
 in place and goes when the work is done; ``-q`` silences both, and fast
 commands say nothing either way. Slow provisioning comes from provision.d
-scripts that sleep.
+scripts that sleep; slow copies from an sshd whose ``cat`` (what the ssh
+source's ``cp`` runs there) is throttled.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 
 from crcache.tests.functional import base
+from crcache.tests.functional import test_hostile_archives
 from crcache.tests.functional.test_lifecycle import StderrLines
 
 #: A progress line off a terminal: prefix, UTC time stamp, message.
@@ -21,6 +24,29 @@ STAMPED = re.compile(
     r'crcache: (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) (.*)\Z')
 #: What redraws the live line: back to its start, erase it.
 REDRAW = b'\r\x1b[K'
+
+#: ``cat`` on the throttled instance: at most RATE bytes a second.
+SLOW_CAT = '''#!{python}
+import sys, time
+RATE = {rate}
+args = [a for a in sys.argv[1:] if a != '--']
+src = open(args[0], 'rb') if args else sys.stdin.buffer
+out = sys.stdout.buffer
+start = time.monotonic()
+sent = 0
+while True:
+    chunk = src.read(1 << 18)
+    if not chunk:
+        break
+    out.write(chunk)
+    out.flush()
+    sent += len(chunk)
+    ahead = sent / RATE - (time.monotonic() - start)
+    if ahead > 0:
+        time.sleep(ahead)
+'''
+MIB = 1 << 20
+UNITS = {b'B': 1, b'KiB': 1 << 10, b'MiB': MIB}
 
 
 def progress_lines(stderr: str) -> list[str]:
@@ -235,3 +261,71 @@ class TestOnTerminal(ProgressTestCase):
         self.assertEqual(0, status, output)
         self.assertNotIn(b'crcache:', output)
         self.assertNotIn(REDRAW, output)
+
+
+class TestCopyProgress(test_hostile_archives.SSHCopyTestCase):
+    """cp of large files: bytes and rate, through a throttled instance."""
+
+    RATE = 8 * MIB
+
+    def setUp(self) -> None:
+        super().setUp()
+        cat = os.path.join(self.bin, 'cat')
+        with open(cat, 'w') as f:
+            f.write(SLOW_CAT.format(python=sys.executable, rate=self.RATE))
+        os.chmod(cat, 0o755)
+        self.remote = self.run_on(self.name, 'mktemp -d').stdout.strip()
+        self.addCleanup(self.crcache, 'run', self.name, 'rm', '-rf',
+                        self.remote, expect=None)
+
+    def big_file(self, mib: int) -> str:
+        path = os.path.join(self.home, f'big-{mib}')
+        with open(path, 'wb') as f:
+            f.write(os.urandom(mib * MIB))
+        return path
+
+    def test_a_slow_copy_is_logged_with_bytes_and_rate(self) -> None:
+        src = self.big_file(32)  # four seconds
+        dst = f'{self.name}:{self.remote}/big'
+        started = time.monotonic()
+        result = self.crcache('cp', src, dst)
+        elapsed = time.monotonic() - started
+        self.assertGreater(elapsed, 4)
+        [copying, copied] = progress_lines(result.stderr)
+        # After a few seconds, once: how far, of how much, how fast.
+        self.assertRegex(copying, rf'^copying {re.escape(src)} to '
+                                  rf'{re.escape(dst)} \([\d.]+ MiB of '
+                                  r'32\.0 MiB, [\d.]+ MiB/s\)$')
+        match = re.match(rf'^copied {re.escape(src)} to {re.escape(dst)}: '
+                         r'32\.0 MiB in ([\d.]+)s \(([\d.]+) MiB/s\)$',
+                         copied)
+        self.assertIsNotNone(match, copied)
+        self.assertLess(float(match.group(2)), 9)
+        # -q: the same copy says nothing.
+        result = self.crcache('-q', 'cp', src, dst)
+        self.assertEqual('', result.stderr)
+
+    def test_a_slow_copy_shows_live_bytes_and_rate(self) -> None:
+        self.run_on(self.name, f'head -c {24 * MIB} /dev/zero '
+                               f'> {self.remote}/big')
+        dst = os.path.join(self.home, 'back')
+        src = f'{self.name}:{self.remote}/big'
+        status, output = self.in_terminal('cp', src, dst,
+                                          env={'COLUMNS': '200'})
+        self.assertEqual(0, status, output)
+        self.assertEqual(24 * MIB, os.path.getsize(dst))
+        frames = live_frames(output)
+        done = []
+        for frame in frames[:-1]:
+            match = re.match(
+                rb'^crcache: copying .* to .*back \(([\d.]+) (B|KiB|MiB) '
+                rb'of 24\.0 MiB, [\d.]+ (B|KiB|MiB)/s, [\d.]+s\)$', frame)
+            self.assertIsNotNone(match, output)
+            done.append(float(match.group(1)) * UNITS[match.group(2)])
+        # Redrawn as the bytes come, never going back.
+        self.assertGreater(len(set(done)), 2, output)
+        self.assertEqual(sorted(done), done)
+        # It ends with a summary line in place of the live one.
+        self.assertRegex(output.rsplit(REDRAW, 1)[1],
+                         rb'^crcache: copied .* to .*back: 24\.0 MiB in '
+                         rb'[\d.]+s \([\d.]+ MiB/s\)\r\n$')
