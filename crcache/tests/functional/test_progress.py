@@ -10,12 +10,20 @@ source's ``cp`` runs there) is throttled.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
 import time
 
+import fixtures
+
+from crcache import cache as cache_module
+from crcache import config
+from crcache import progress
+from crcache import store
 from crcache.tests.functional import base
+from crcache.tests.functional import test_docker
 from crcache.tests.functional import test_hostile_archives
 from crcache.tests.functional.test_lifecycle import StderrLines
 
@@ -329,3 +337,40 @@ class TestCopyProgress(test_hostile_archives.SSHCopyTestCase):
         self.assertRegex(output.rsplit(REDRAW, 1)[1],
                          rb'^crcache: copied .* to .*back: 24\.0 MiB in '
                          rb'[\d.]+s \([\d.]+ MiB/s\)\r\n$')
+
+
+class TestDockerCopyMeter(test_docker.DockerTestCase):
+    """The Docker archive API's copies count their bytes too.
+
+    The engine copies too fast to be slowed down from here, so the cache
+    is driven in this process, with its copies logged from the start.
+    """
+
+    def test_both_ways(self) -> None:
+        [name] = self.acquire()
+        self.useFixture(fixtures.MockPatchObject(
+            progress, 'COPY_LOG_AFTER', 0))
+        self.useFixture(fixtures.EnvironmentVariable('DOCKER_HOST',
+                                                     self.host))
+        stream = io.StringIO()
+        cache = cache_module.Cache(
+            config.Config(env=self.env), store.open_store(self.env),
+            progress=progress.Progress(stream, live=False))
+        src = os.path.join(self.home, 'big')
+        with open(src, 'wb') as f:
+            f.write(os.urandom(3 * MIB))
+        cache.copy(src, f'{name}:/tmp/big')
+        back = os.path.join(self.home, 'back')
+        cache.copy(f'{name}:/tmp/big', back)
+        self.assertEqual(3 * MIB, os.path.getsize(back))
+        [copying_in, copied_in, copying_out, copied_out] = progress_lines(
+            stream.getvalue())
+        self.assertEqual(f'copying {src} to {name}:/tmp/big (0 B)',
+                         copying_in)
+        # The archive's headers come on top of the file.
+        self.assertRegex(copied_in, rf'^copied {re.escape(src)} to '
+                                    rf'{name}:/tmp/big: 3\.0 MiB in ')
+        self.assertEqual(f'copying {name}:/tmp/big to {back} (0 B)',
+                         copying_out)
+        self.assertRegex(copied_out, rf'^copied {name}:/tmp/big to '
+                                     rf'{re.escape(back)}: 3\.0 MiB in ')
