@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cliff import _argparse
@@ -95,7 +96,8 @@ class CrcacheApp(app.App):
     # agent is crcache/agent.py.
     NAME = 'crcache'
     CONSOLE_MESSAGE_FORMAT = 'crcache: %(message)s'
-    # Warnings and errors by default; -v for progress detail, -vv debug.
+    # Warnings, errors and progress by default; -q without progress, -v
+    # for more detail, -vv debug.
     DEFAULT_VERBOSE_LEVEL = 0
 
     def __init__(self) -> None:
@@ -107,6 +109,7 @@ class CrcacheApp(app.App):
         )
         self.command_manager.add_command('help', Help)
         self._cache: Any = None
+        self._console: logging.Handler | None = None
 
     def command_names(self) -> list[str]:
         """Every command's name."""
@@ -140,8 +143,9 @@ class CrcacheApp(app.App):
             help='Report more of what is happening on stderr; repeat for '
                  'debug detail.')
         verbosity.add_argument(
-            '-q', '--quiet', action='store_const', dest='verbose_level',
-            const=0, help='Report only warnings and errors (the default).')
+            '-q', '--quiet', action='store_true',
+            help='Report only warnings and errors: no progress of slow '
+                 'work (provisioning, waiting, copying) on stderr.')
         parser.add_argument(
             '--log-file', metavar='FILE',
             help='Also write a detailed log to FILE.')
@@ -159,6 +163,9 @@ class CrcacheApp(app.App):
 
     def configure_logging(self) -> None:
         super().configure_logging()
+        # cliff's console handler, added last: a live progress line
+        # takes over its stream (see crcache.progress).
+        self._console = logging.getLogger('').handlers[-1]
         # Library chatter (paramiko, stevedore) only when asked for.
         if self.options.verbose_level < 2:
             for name in ('paramiko', 'stevedore', 'docker', 'urllib3'):
@@ -179,22 +186,18 @@ class CrcacheApp(app.App):
             from crcache import config
             from crcache import store
             self._cache = cache.Cache(config.Config(), store.open_store(),
-                                      progress=self.report)
+                                      progress=_Deferred(self._reporter))
         return self._cache
 
-    def report(self, message: str) -> None:
-        """A progress line on stderr (stdout belongs to the results).
+    def _reporter(self) -> Any:
+        """Where slow work is reported: stderr, live on a terminal.
 
-        Shown on a terminal, or with -v, as git and pip do: scripts that
-        log stderr get errors, not chatter.
+        Made when something slow first happens (see _Deferred), so fast
+        commands never import crcache.progress nor start its thread.
         """
-        try:
-            if self.options.verbose_level < 1 and not self.stderr.isatty():
-                return
-            self.stderr.write(f'crcache: {message}\n')
-            self.stderr.flush()
-        except (OSError, ValueError):
-            pass
+        from crcache import progress
+        return progress.reporter(self.stderr, quiet=self.options.quiet,
+                                 console=self._console)
 
     def clean_up(self, cmd: Any, result: int,
                  err: BaseException | None) -> None:
@@ -205,6 +208,21 @@ class CrcacheApp(app.App):
         # checkpointed as it grows instead: the same safety, without a
         # millisecond or more on every command that wrote.
         self._cache = None
+
+
+class _Deferred:
+    """Stands in for an object made by ``make`` when first used."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._made: Any = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        with self._lock:
+            if self._made is None:
+                self._made = self._make()
+        return getattr(self._made, name)
 
 
 def _terminated(signum: int, frame: object) -> None:

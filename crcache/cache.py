@@ -134,18 +134,37 @@ def _plural(n: int, word: str) -> str:
     return f'{n} {word}' if n == 1 else f'{n} {word}s'
 
 
+def _process(record: dict[str, Any] | None) -> str:
+    """A process recorded in the store, as a log line names it."""
+    if not record:
+        return 'an unknown process'
+    text = f"pid {record.get('pid')} on {record.get('host')}"
+    argv = record.get('argv')
+    if argv:
+        command = ' '.join([os.path.basename(str(argv[0]))]
+                           + [str(a) for a in argv[1:]])
+        if len(command) > 60:
+            command = command[:57] + '...'
+        text += f' ({command})'
+    return text
+
+
 class Cache:
     """Acquire, release and use instances of configured sources.
 
-    ``progress`` receives one-line reports of slow work (provisioning),
-    meant for the user's stderr.
+    ``progress`` (a :class:`crcache.progress.Reporter`) is told about
+    slow work: provisioning, waiting, copying. By default nothing is
+    reported.
     """
 
     def __init__(self, config: Config, store: store_base.Store,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Any = None) -> None:
         self.config = config
         self.store = store
-        self.progress = progress or (lambda message: None)
+        if progress is None:
+            from crcache.progress import Reporter
+            progress = Reporter()
+        self.progress = progress
         for name in config.usable_names():
             source = config.source(name)
             if isinstance(source, base.BackendSource):
@@ -153,7 +172,10 @@ class Cache:
         self._hook_pids: set[int] = set()
         self._lock = threading.Lock()
         if hasattr(store, 'on_wait'):
-            store.on_wait = self.progress
+            store.on_wait = self._store_wait
+
+    def _store_wait(self, message: str) -> None:
+        self.progress.event(message)
 
     # -- queries -----------------------------------------------------------
 
@@ -305,7 +327,7 @@ class Cache:
         deadline = time.monotonic() + wait if wait else None
         with self.store.transaction() as tx:
             ticket = tx.add_waiter(source.name, count, invocation.identity())
-        reported = False
+        task = None
         try:
             delay = 0.01
             while True:
@@ -328,19 +350,56 @@ class Cache:
                     refusal = err
                 if claims is not None:  # committed, ticket and all
                     ticket = None
+                    if task is not None:
+                        from crcache.progress import duration
+                        task.finish(
+                            f"got {', '.join(c.instance.name for c in claims)}"
+                            f" from source '{source.name}' after waiting "
+                            f'{duration(task.elapsed)}')
                     return claims
                 if deadline is not None and time.monotonic() > deadline:
                     raise exceptions.CapacityError(
                         f'{refusal} (waited {wait:g}s)')
-                if not reported:
-                    self.progress(f'waiting: {refusal}')
-                    reported = True
+                waiting_for = self._waiting_for(source, ticket)
+                if task is None:
+                    task = self.progress.task(waiting_for)
+                else:
+                    task.update(waiting_for)
                 time.sleep(delay)
                 delay = min(delay * 1.5, 0.25)
         finally:
+            if task is not None:
+                task.close()
             if ticket is not None:
                 with self.store.transaction() as tx:
                     tx.remove_waiter(ticket)
+
+    def _waiting_for(self, source: base.Source, ticket: int) -> str:
+        """What a queued acquisition waits for, and for whom."""
+        with self.store.reading() as tx:
+            queue = tx.waiters(source.name)
+            ids = [w.id for w in queue]
+            ahead = queue[:ids.index(ticket)] if ticket in ids else []
+            if ahead:
+                who = ', '.join(_process(w.process) for w in ahead[:3])
+                more = f' and {len(ahead) - 3} more' if len(ahead) > 3 else ''
+                return (f"waiting for source '{source.name}' behind "
+                        f"{_plural(len(ahead), 'earlier acquisition')} "
+                        f'({who}{more})')
+            limit = self._exhaustion(tx, source)
+            held = [i for i in tx.instances(source.name, [IN_USE])
+                    if not i.parent]
+        text = f"waiting for room in source '{source.name}': {limit}"
+        holders: dict[str, list[str]] = {}
+        for inst in held:
+            holders.setdefault(_process(inst.holder), []).append(inst.name)
+        if holders:
+            text += '; in use: ' + ', '.join(
+                f"{', '.join(names)} by {who}"
+                for who, names in list(holders.items())[:3])
+            if len(holders) > 3:
+                text += f' and {len(holders) - 3} more holders'
+        return text
 
     def _claim(self, tx: store_base.Transaction, source: base.Source,
                count: int, holder: dict[str, Any],
@@ -471,9 +530,10 @@ class Cache:
         if (not isinstance(source, base.BackendSource)
                 or not source.conf.verify_cached
                 or source.is_alive(leaf.ref or {})):
+            LOG.info('%s: cached, handed out again', claim.instance.name)
             return claim
-        self.progress(f'cached instance {claim.instance.name} does not '
-                      'answer; discarding it and taking another')
+        self.progress.event(f'cached instance {claim.instance.name} does '
+                            'not answer; discarding it and taking another')
         with self.store.transaction() as tx:
             tx.update(claim.instance.name, state=DISCARDING,
                       op=work_record())
@@ -526,20 +586,22 @@ class Cache:
             with self._lock:
                 self._hook_pids.add(pid)
             mine.append(pid)
+            script = os.path.relpath(scripts[len(mine) - 1],
+                                     definition.directory)
+            LOG.info('%s: running %s (pid %s)', inst.name, script, pid)
             with self.store.transaction() as tx:
                 current = tx.get(inst.name)
                 if current is not None:
                     op = dict(current.op or work_record(),
                               hook=dict(invocation.identity(pid),
-                                        script=os.path.relpath(
-                                            scripts[len(mine) - 1],
-                                            definition.directory)))
+                                        script=script))
                     tx.update(inst.name, op=op)
 
         try:
             hooks.run(scripts, instance=inst.name, source=inst.source,
                       env=self.hook_env(), started=started,
-                      timeout=getattr(conf, key), timeout_key=key)
+                      timeout=getattr(conf, key), timeout_key=key,
+                      output=self.progress.output)
         finally:
             with self._lock:
                 self._hook_pids.difference_update(mine)
@@ -554,6 +616,7 @@ class Cache:
                 source.name, f'provisioning returned no reference for '
                 f'{inst.name}')
         inst.ref = refs[inst.name]
+        LOG.info('%s: made by source %s', inst.name, source.name)
         with self.store.transaction() as tx:
             tx.update(inst.name, ref=inst.ref)
         self._run_hooks(inst, hooks.PROVISION)
@@ -563,25 +626,30 @@ class Cache:
                           inst.ref))
 
     def _provision(self, claims: list[_Claim], final_state: str = IN_USE,
-                   report: bool = False) -> None:
-        """Make every new instance of ``claims`` and mark them usable."""
+                   reported: bool = False) -> None:
+        """Make every new instance of ``claims`` and mark them usable.
+
+        Provisioning that takes over a second is reported, unless the
+        caller reports it (``reported``).
+        """
         new = [c for top in claims for c in top.walk() if not c.reused]
         if not new:
             return
         leaves = [c for c in new if isinstance(
             self.config.source(c.instance.source), base.BackendSource)]
-        timer = None
-        if report:
-            self.progress(f'provisioning {_plural(len(leaves), "instance")}'
-                          f': {", ".join(c.instance.name for c in leaves)}')
-        elif leaves:
-            timer = threading.Timer(1.0, self.progress, [
-                'provisioning '
-                + ', '.join(c.instance.name for c in leaves) + '...'])
-            timer.daemon = True
-            timer.start()
+        task = None
+        if leaves and not reported:
+            task = self.progress.task(
+                'provisioning ' + ', '.join(c.instance.name for c in leaves),
+                count=len(leaves), counting='ready', after=1.0)
+
+        def leaf(claim: _Claim) -> None:
+            self._provision_leaf(claim)
+            if task is not None:
+                task.step(f'{claim.instance.name} ready')
+
         try:
-            self._in_parallel(self._provision_leaf, leaves, report)
+            self._in_parallel(leaf, leaves)
             # Wrappers follow their children (listed after them): their
             # own provision.d runs once the wrapped instance is ready.
             for claim in reversed(new):
@@ -593,8 +661,8 @@ class Cache:
                     source.configured_concurrency
                     or claim.child.instance.concurrency)
         finally:
-            if timer is not None:
-                timer.cancel()
+            if task is not None:
+                task.close()
         tops = {id(c) for c in claims}
         with self.store.transaction() as tx:
             for claim in new:
@@ -613,7 +681,7 @@ class Cache:
                              and top else {}))
 
     def _in_parallel(self, work: Callable[[_Claim], None],
-                     claims: list[_Claim], report: bool) -> None:
+                     claims: list[_Claim]) -> None:
         """Run ``work`` on each claim in threads; raise the first error."""
         if len(claims) <= 1:
             for claim in claims:
@@ -623,16 +691,11 @@ class Cache:
             max_workers=min(PARALLEL, len(claims)))
         futures = {pool.submit(work, c): c for c in claims}
         try:
-            done = 0
             first_error: BaseException | None = None
             for future in concurrent.futures.as_completed(futures):
                 error = future.exception()
                 if error is not None and first_error is None:
                     first_error = error
-                done += 1
-                if report and error is None:
-                    self.progress(f'{futures[future].instance.name} ready '
-                                  f'({done}/{len(claims)})')
             if first_error is not None:
                 raise first_error
         except BaseException:
@@ -712,22 +775,28 @@ class Cache:
                         break
                     claims.append(claim)
         if not claims:
-            self.progress('every source already has its reserve')
+            LOG.info('every source already has its reserve')
             return []
         failures: list[tuple[str, BaseException]] = []
 
         def one(claim: _Claim) -> None:
+            name = claim.instance.name
             try:
-                self._provision([claim], final_state=CACHED)
+                self._provision([claim], final_state=CACHED, reported=True)
             except BaseException as err:
                 self._undo([claim])
-                failures.append((claim.instance.name, err))
+                failures.append((name, err))
+                task.step(f'{name} failed')
                 if not isinstance(err, Exception):
                     raise
+            else:
+                task.step(f'{name} ready')
 
-        self.progress(f'provisioning {_plural(len(claims), "instance")}: '
-                      + ', '.join(c.instance.name for c in claims))
-        self._in_parallel(one, claims, report=True)
+        with self.progress.task(
+                f'provisioning {_plural(len(claims), "instance")}: '
+                + ', '.join(c.instance.name for c in claims),
+                count=len(claims), counting='done') as task:
+            self._in_parallel(one, claims)
         if failures:
             raise exceptions.PartialFailure('provision', len(claims),
                                             failures)
@@ -832,6 +901,7 @@ class Cache:
         the whole is unknown) the child is discarded too. ``children``
         False leaves the child to whoever else is handling it.
         """
+        LOG.info('%s: discarding it', inst.name)
         try:
             self._run_hooks(inst, hooks.DISCARD)
         except hooks.HookError as err:
@@ -923,13 +993,13 @@ class Cache:
             return
         if src_name is not None:
             leaf, source = self.resolve(src_name)
-            with _naming(src_name):
+            with _naming(src_name), self.progress.copying(src, dst):
                 self._call(source, f'copying from {src_name}',
                            source.copy_out, leaf.ref or {}, src_path,
                            dst_path, recursive)
         else:
             leaf, source = self.resolve(dst_name)
-            with _naming(dst_name):
+            with _naming(dst_name), self.progress.copying(src, dst):
                 self._call(source, f'copying to {dst_name}', source.copy_in,
                            leaf.ref or {}, src_path, dst_path, recursive)
 
@@ -961,11 +1031,14 @@ class Cache:
         staging = tempfile.mkdtemp(prefix='crcache-cp.')
         try:
             os.chmod(staging, 0o700)
-            with _naming(src_name):
+            src = f'{src_name}:{src_path}'
+            with _naming(src_name), self.progress.copying(src,
+                                                          'this machine'):
                 src_source.copy_out(src_leaf.ref or {}, src_path, staging,
                                     recursive)
             base_name = os.path.basename(src_path.rstrip('/')) or src_path
-            with _naming(dst_name):
+            with _naming(dst_name), self.progress.copying(
+                    src, f'{dst_name}:{dst_path}'):
                 dst_source.copy_in(dst_leaf.ref or {},
                                    os.path.join(staging, base_name),
                                    dst_path, recursive)

@@ -263,7 +263,9 @@ def collect_before_acquire(cache: Any, sources: set[str], budget: float,
     than ``budget``: after that it goes on alone, bounded by the
     sources' timeouts. Only when something due belongs to ``sources``
     (those the acquisition draws from) is it waited for, its warnings
-    coming to our stderr meanwhile.
+    coming to our stderr meanwhile. ``progress`` (a
+    :class:`crcache.progress.Reporter`) is told when the wait becomes
+    noticeable, and passes the pass's output on.
     """
     with cache.store.reading() as tx:
         rows = tx.instances()
@@ -273,6 +275,9 @@ def collect_before_acquire(cache: Any, sources: set[str], budget: float,
     wait = any(inst.source in sources for inst, _ in pending)
     pending = [(inst, reason) for inst, reason in pending
                if inst.source in sources] or pending
+    if progress is None:
+        from crcache.progress import Reporter
+        progress = Reporter()
     names = ', '.join(inst.name for inst, _ in pending)
     env = cache.hook_env()
     env.pop('CRCACHE_INSTANCE', None)
@@ -289,36 +294,26 @@ def collect_before_acquire(cache: Any, sources: set[str], budget: float,
         return
     import select
     deadline = time.monotonic() + budget
-    told = False
     fd = proc.stderr.fileno()
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            ready, _, _ = select.select([fd], [], [], min(left, 0.5))
-            if not ready:
-                if not told and progress is not None:
-                    progress(f'waiting for garbage collection of {names} '
-                             f'(pid {proc.pid})')
-                    told = True
-                continue
-            data = os.read(fd, 65536)
-            if not data:  # done: its stderr closed as it exited
-                proc.wait()
-                return
-            _relay(data)
-    finally:
-        proc.stderr.close()
+    with progress.task(f'waiting for garbage collection of {names} '
+                       f'(pid {proc.pid})', after=0.5):
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                ready, _, _ = select.select([fd], [], [], left)
+                if not ready:
+                    continue
+                data = os.read(fd, 65536)
+                if not data:  # done: its stderr closed as it exited
+                    proc.wait()
+                    return
+                progress.output(data)
+        finally:
+            proc.stderr.close()
     LOG.warning('garbage collection of %s goes on in the background (pid '
                 '%s); acquiring meanwhile', names, proc.pid)
-
-
-def _relay(data: bytes) -> None:
-    try:
-        os.write(2, data)
-    except OSError:
-        pass
 
 
 def _unreleased(cache: object, rows: list) -> list[Action]:

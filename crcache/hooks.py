@@ -122,9 +122,12 @@ def _pdeathsig_prefix() -> list[str]:
 def run(paths: list[str], *, instance: str, source: str,
         env: Mapping[str, str], stderr: int = 2,
         started: Callable[[int], None] | None = None,
-        timeout: float = 0, timeout_key: str = 'timeout') -> None:
+        timeout: float = 0, timeout_key: str = 'timeout',
+        output: Callable[[bytes], None] | None = None) -> None:
     """Run hook scripts one after another; raise HookError on failure.
 
+    The scripts' output goes to ``output`` if given (which writes it
+    above a live progress line), else to the descriptor ``stderr``.
     ``started`` is told each script's pid (its session id too) so that
     whoever finds it orphaned can stop it. ``timeout`` (seconds, 0 for
     none) bounds the whole run; a script still running then is stopped
@@ -137,16 +140,16 @@ def run(paths: list[str], *, instance: str, source: str,
     deadline = time.monotonic() + timeout if timeout else None
     for path in paths:
         label = os.path.relpath(path, directory)
-        output = _Output(stderr)
+        relay = _Output(stderr, output)
         try:
             proc = subprocess.Popen(
                 prefix + [path, instance], stdin=subprocess.DEVNULL,
-                stdout=output.write_end, stderr=output.write_end,
+                stdout=relay.write_end, stderr=relay.write_end,
                 env=full_env, start_new_session=True)
         except OSError as err:
-            output.close()
+            relay.close()
             raise HookError(source, instance, label, 126, err.strerror)
-        output.started()
+        relay.started()
         if started is not None:
             started(proc.pid)
         try:
@@ -155,14 +158,14 @@ def run(paths: list[str], *, instance: str, source: str,
             # Interrupted (Ctrl-C): the hook's session goes with us.
             _kill_session(proc.pid)
             proc.wait()
-            output.close()
+            relay.close()
             raise
-        output.close()
+        relay.close()
         if status is None:
             raise HookTimeout(source, instance, label, timeout, timeout_key)
         if status != 0:
             status = 128 - status if status < 0 else status
-            text = output.tail().strip()
+            text = relay.tail().strip()
             lines = text.splitlines()[-5:]
             raise HookError(source, instance, label, status,
                             ' / '.join(line.strip() for line in lines))
@@ -193,8 +196,10 @@ class _Output:
     after the script exits even if a child of it holds the pipe open.
     """
 
-    def __init__(self, stderr: int) -> None:
+    def __init__(self, stderr: int,
+                 output: Callable[[bytes], None] | None = None) -> None:
         self.stderr = stderr
+        self.output = output
         self.read_end, self.write_end = os.pipe()
         self._tail = bytearray()
         self._stop_r, self._stop_w = os.pipe()
@@ -210,10 +215,13 @@ class _Output:
             data = os.read(self.read_end, 65536)
             if not data:
                 return
-            try:
-                os.write(self.stderr, data)
-            except OSError:
-                pass
+            if self.output is not None:
+                self.output(data)
+            else:
+                try:
+                    os.write(self.stderr, data)
+                except OSError:
+                    pass
             self._tail.extend(data)
             del self._tail[:-TAIL_BYTES]
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 
 from crcache import exceptions
+from crcache import progress
 
 
 def check_source(src: str, is_dir: bool, recursive: bool) -> None:
@@ -48,6 +50,7 @@ def copy(src: str, dst: str, recursive: bool,
     parent = os.path.dirname(target)
     if parent and not os.path.isdir(parent):
         raise fault(parent, 'no such directory', 'dst')
+    meter = progress.meter()
     try:
         if is_dir:
             real_src = os.path.realpath(src)
@@ -59,9 +62,12 @@ def copy(src: str, dst: str, recursive: bool,
             if os.path.lexists(target) and not os.path.isdir(target):
                 raise fault(target, 'cannot overwrite non-directory with '
                             f'directory {src}', 'dst')
-            shutil.copytree(src, target, symlinks=True, dirs_exist_ok=True)
+            shutil.copytree(src, target, symlinks=True, dirs_exist_ok=True,
+                            copy_function=_counting_copy(meter))
         else:
-            shutil.copy2(src, target)
+            meter.expect(os.path.getsize(src))
+            with meter.watching(lambda: os.path.getsize(target)):
+                shutil.copy2(src, target)
     except shutil.SameFileError:
         raise exceptions.CopyError(f'{src} and {target} are the same file')
     except shutil.Error as err:
@@ -83,3 +89,15 @@ def _within(root: str, path: str) -> bool:
     """Whether ``path`` is ``root`` or under it (as written, not resolved)."""
     root = root.rstrip(os.sep) or os.sep
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _counting_copy(meter: progress.Meter) -> Callable[[str, str], str]:
+    """shutil.copy2, counting each file copied on ``meter``."""
+    if not meter.active:
+        return shutil.copy2
+
+    def copy(src: str, dst: str) -> str:
+        done = shutil.copy2(src, dst)
+        meter.add(os.path.getsize(done))
+        return done
+    return copy

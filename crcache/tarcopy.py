@@ -42,6 +42,7 @@ from typing import IO, TYPE_CHECKING
 
 from crcache import exceptions
 from crcache import localcopy
+from crcache import progress
 
 if TYPE_CHECKING:
     from crcache.sources.base import BackendSource, Ref
@@ -94,10 +95,10 @@ trap - EXIT
 '''
 
 # Run on the instance: what is at a path (following a link), as
-# "type|octal mode|mtime|link".
+# "type|octal mode|mtime|size|link".
 _STAT = '''s={src}
 if [ -L "$s" ]; then l=link; else l=; fi
-exec stat -L -c "%F|%a|%Y|$l" -- "$s"
+exec stat -L -c "%F|%a|%Y|%s|$l" -- "$s"
 '''
 
 
@@ -153,9 +154,14 @@ def _put_file(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
         fd = os.open(src, os.O_RDONLY)
     except OSError as err:
         raise exceptions.CopyError(f'cannot read {src}: {err.strerror}')
+    meter = progress.meter()
+    meter.expect(st.st_size)
     try:
-        status, err_text = _run_script(source, ref, script, fd,
-                                       _devnull(os.O_WRONLY))
+        # The instance's side reads the file itself, through the open
+        # file description we share: its offset is how far it got.
+        with meter.watching(lambda: os.lseek(fd, 0, os.SEEK_CUR)):
+            status, err_text = _run_script(source, ref, script, fd,
+                                           _devnull(os.O_WRONLY))
     finally:
         os.close(fd)
     if status != 0:
@@ -175,9 +181,12 @@ def _get_file(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
     fd, tmp = tempfile.mkstemp(prefix='.crcache-cp.', dir=parent)
     try:
         try:
-            status, err_text = _run_script(
-                source, ref, f'exec cat -- {_arg(src)}',
-                _devnull(os.O_RDONLY), fd)
+            # Written by the instance's side through our descriptor.
+            with progress.meter().watching(
+                    lambda: os.lseek(fd, 0, os.SEEK_CUR)):
+                status, err_text = _run_script(
+                    source, ref, f'exec cat -- {_arg(src)}',
+                    _devnull(os.O_RDONLY), fd)
         finally:
             os.close(fd)
         if status != 0:
@@ -246,7 +255,12 @@ def _owner_neutral(info: tarfile.TarInfo) -> tarfile.TarInfo:
 def archive_stream(src: str, name: str, follow: bool) -> Iterator[bytes]:
     """A tar archive of local ``src`` (its top member called ``name``),
     produced while it is read, in chunks (for APIs that take archives,
-    such as Docker's). ``follow`` follows a link named as ``src``."""
+    such as Docker's). ``follow`` follows a link named as ``src``. The
+    chunks count on the meter of the thread that calls this."""
+    return progress.meter().counted(_archive_chunks(src, name, follow))
+
+
+def _archive_chunks(src: str, name: str, follow: bool) -> Iterator[bytes]:
     r, w = os.pipe()
     failure: list[BaseException] = []
 
@@ -293,7 +307,8 @@ def copy_in(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
     pack_error: BaseException | None = None
     try:
         with os.fdopen(w, 'wb', buffering=1 << 20) as pipe:
-            with tarfile.open(fileobj=pipe, mode='w|',
+            with tarfile.open(fileobj=progress.meter().writer(pipe),
+                              mode='w|',
                               format=tarfile.PAX_FORMAT) as tar:
                 if not recursive:
                     # Follow a symbolic link named as SRC, as cp does.
@@ -330,9 +345,10 @@ def copy_out(source: 'BackendSource', ref: 'Ref', src: str, dst: str,
                                                'no such file or directory')
         raise exceptions.CopyError(
             f'copy from {source.name} instance path {src} failed: {reason}')
-    kind, mode, mtime, link = out.decode(errors='replace').strip().split(
-        '|')
+    kind, mode, mtime, size, link = out.decode(
+        errors='replace').strip().split('|')
     if kind.startswith('regular') and not (recursive and link):
+        progress.meter().expect(int(size) if size.isdigit() else None)
         _get_file(source, ref, src, dst, int(mode, 8), int(mtime))
         return
     if kind == 'directory' and not recursive:
@@ -455,9 +471,11 @@ class _Writer:
     Owners are never applied.
     """
 
-    def __init__(self, dest: str, base: str) -> None:
+    def __init__(self, dest: str, base: str,
+                 meter: progress.Meter = progress.IDLE) -> None:
         self.dest = os.path.realpath(dest)
         self.base = base
+        self.meter = meter
         #: The copy's local path: every link the archive makes must lead
         #: to it or below it.
         self.root = os.path.join(self.dest, base)
@@ -581,6 +599,7 @@ class _Writer:
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(out, view):]
+                self.meter.add(len(chunk))
             os.fchmod(out, member.mode & 0o7777 & ~_SET_ID)
             os.utime(out, (member.mtime, member.mtime))
             st = os.fstat(out)
@@ -737,7 +756,7 @@ def extract(stream: IO[bytes], dest: str, base: str, recursive: bool,
     copy behind.
     """
     try:
-        writer = _Writer(dest, base)
+        writer = _Writer(dest, base, progress.meter())
     except OSError as err:
         raise exceptions.CopyError(f'cannot write {dest}: {err.strerror}')
     name = None

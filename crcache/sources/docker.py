@@ -413,10 +413,14 @@ class DockerSource(base.BackendSource):
     def copy_in(self, ref: base.Ref, src: str, dst: str,
                 recursive: bool) -> None:
         from crcache import localcopy
+        from crcache import progress
         from crcache import tarcopy
         if not os.path.lexists(src):
             raise exceptions.CopyError(f'{src}: no such file or directory')
         localcopy.check_source(src, os.path.isdir(src), recursive)
+        if os.path.isfile(src):
+            # The archive's own headers come on top: a little more.
+            progress.meter().expect(os.path.getsize(src))
         target = self._container_path(ref, dst)
         found = self._stat(ref, target)
         if found is not None and found['mode'] & _GO_DIR:
@@ -438,6 +442,7 @@ class DockerSource(base.BackendSource):
                  recursive: bool) -> None:
         import docker.errors
 
+        from crcache import progress
         from crcache import tarcopy
         path = self._container_path(ref, src)
         name = posixpath.basename(path.rstrip('/')) or path
@@ -453,6 +458,8 @@ class DockerSource(base.BackendSource):
                     and not recursive:
                 raise exceptions.InstancePathError(
                     src, 'is a directory (use -r to copy directories)')
+            if stat is not None and not stat['mode'] & _GO_DIR:
+                progress.meter().expect(stat.get('size'))
             chunks, _ = self._call(f'copying from {src}',
                                    self.api.get_archive, ref['id'], path)
         except docker.errors.NotFound:

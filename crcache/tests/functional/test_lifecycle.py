@@ -292,7 +292,8 @@ class TestWait(LifecycleTestCase):
 
     def test_wait_gives_up_after_the_time_given(self) -> None:
         started = time.monotonic()
-        result = self.crcache('acquire', '-s', 'box', '--wait', '1',
+        # -q: no line about the wait (test_progress checks it).
+        result = self.crcache('-q', 'acquire', '-s', 'box', '--wait', '1',
                               expect=None)
         elapsed = time.monotonic() - started
         self.assertGreaterEqual(elapsed, 1)
@@ -559,7 +560,8 @@ class CrashMixin:
                           provision_timeout=1)
         self.hang_in('provision.d')
         started = time.monotonic()
-        result = self.crcache('acquire', '-s', 'box', expect=None)
+        # -q: no progress line (test_progress) for the slow provisioning.
+        result = self.crcache('-q', 'acquire', '-s', 'box', expect=None)
         self.assertLess(time.monotonic() - started, 6, str(result))
         self.assertOneLineError(result, 'provision.d/20-hang', 'box-0',
                                 'provision_timeout (1s)')
@@ -626,11 +628,14 @@ class CrashMixin:
         self.crcache('acquire', '-s', 'box', '--lease', '1')
         self.hang_in('discard.d')
         time.sleep(1.1)
-        # An acquire from the source waits for the collection a moment,
-        # then says that it goes on, and that the source is full.
+        # An acquire from the source waits for the collection a moment
+        # (a CI log shows what for), then says that it goes on, and that
+        # the source is full.
         started = time.monotonic()
         result = self.crcache('acquire', '-s', 'box', expect=None)
         self.assertLess(time.monotonic() - started, 5, str(result))
+        self.assertRegex(result.stderr, r'(?m)^crcache: [0-9T:.-]+Z waiting '
+                         r'for garbage collection of box-0 \(pid \d+\)$')
         self.assertIn('garbage collection of box-0 goes on in the '
                       'background', result.stderr)
         self.assertIn("source 'box' cannot supply", result.stderr)

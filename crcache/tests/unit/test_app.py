@@ -43,6 +43,15 @@ class TestGlobalParser(testtools.TestCase):
     def test_unknown_global_option_is_an_error(self):
         self.assertRaises(SystemExit, self.parse, '--bogus', 'status')
 
+    def test_quiet(self):
+        options, rest = self.parse('-q', 'fill')
+        self.assertTrue(options.quiet)
+        self.assertEqual(0, options.verbose_level)
+        options, rest = self.parse('fill')
+        self.assertFalse(options.quiet)
+        # Quiet and verbose at once makes no sense.
+        self.assertRaises(SystemExit, self.parse, '-q', '-v', 'fill')
+
 
 class TestUnknownCommand(testtools.TestCase):
 

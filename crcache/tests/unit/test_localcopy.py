@@ -10,6 +10,7 @@ import testtools
 
 from crcache import exceptions
 from crcache import localcopy
+from crcache import progress
 
 MTIME = 1_300_000_000
 
@@ -197,3 +198,14 @@ class TestCopy(testtools.TestCase):
         os.mkdir(self.path('dst'))
         localcopy.copy(src + '/', self.path('dst'), recursive=True)
         self.assertEqual('f\n', self.read('dst', 'src', 'f'))
+
+    def test_copies_are_metered(self) -> None:
+        big = self.write('big', 'x' * 100_000)
+        with progress.metering(progress.Meter()) as meter:
+            localcopy.copy(big, self.path('big2'), recursive=False)
+        self.assertEqual((100_000, 100_000), (meter.done, meter.total))
+        src = self.make_tree()
+        with progress.metering(progress.Meter()) as meter:
+            localcopy.copy(src, self.path('tree'), recursive=True)
+        # The files' bytes (f and sub/g); links are not files.
+        self.assertEqual(4, meter.done)

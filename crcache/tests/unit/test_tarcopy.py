@@ -23,6 +23,7 @@ import testtools
 from crcache import cmdline
 from crcache import exceptions
 from crcache import process
+from crcache import progress
 from crcache import tarcopy
 from crcache.sources.base import BackendSource
 
@@ -820,3 +821,45 @@ class TestCopyOverRun(testtools.TestCase):
             err = self.assertRaises(exceptions.CopyError, source.copy_out,
                                     {}, '-nosuch', back, False)
             self.assertIn('-nosuch: no such file or directory', str(err))
+
+    def test_copies_are_metered(self) -> None:
+        big = os.path.join(self.tree, 'sub', 'big')
+        with open(big, 'wb') as f:
+            f.write(os.urandom(3 << 20))
+        file_bytes = (3 << 20) + len('#!/bin/sh\necho x\n') + len(
+            'group writable')
+        for i, source in enumerate(self.sources()):
+            # A file, read by the instance's side through our descriptor.
+            with progress.metering(progress.Meter()) as meter:
+                source.copy_in({}, big, f'big-{i}', recursive=False)
+            self.assertEqual((3 << 20, 3 << 20), (meter.done, meter.total))
+            # Written by it through our descriptor.
+            back = os.path.join(self.local, f'big-{i}')
+            with progress.metering(progress.Meter()) as meter:
+                source.copy_out({}, f'big-{i}', back, recursive=False)
+            self.assertEqual((3 << 20, 3 << 20), (meter.done, meter.total))
+            # Trees: the archive sent (headers too), the files received.
+            with progress.metering(progress.Meter()) as meter:
+                source.copy_in({}, self.tree, f'tree-{i}', recursive=True)
+            self.assertGreater(meter.done, file_bytes)
+            self.assertLess(meter.done, file_bytes + 20 * 1024)
+            self.assertIsNone(meter.total)
+            with progress.metering(progress.Meter()) as meter:
+                source.copy_out({}, f'tree-{i}', os.path.join(
+                    self.local, f'tree-{i}'), recursive=True)
+            self.assertEqual(file_bytes, meter.done)
+        # Nothing counts outside a copy the cache reports.
+        self.assertIs(progress.IDLE, progress.meter())
+
+    def test_archive_stream_is_metered(self) -> None:
+        with progress.metering(progress.Meter()) as meter:
+            stream = tarcopy.archive_stream(self.tree, 'tree', follow=False)
+        # Counted as it is read, wherever it is read.
+        data = b''.join(stream)
+        self.assertEqual(len(data), meter.done)
+        dest = os.path.join(self.local, 'extracted')
+        os.mkdir(dest)
+        with progress.metering(progress.Meter()) as meter:
+            tarcopy.extract(io.BytesIO(data), dest, 'tree', True, 'tree')
+        self.assertEqual(len('#!/bin/sh\necho x\n') + len('group writable'),
+                         meter.done)
