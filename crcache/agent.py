@@ -42,7 +42,9 @@ from crcache import daemon
 DEFAULT_IDLE = 120.0
 #: Modules every command may need; optional ones may be missing.
 PRELOAD = (
-    'crcache.app', 'crcache.cache', 'crcache.config', 'crcache.store.sqlite',
+    'crcache.app', 'crcache.cache', 'crcache.cache.gc',
+    'crcache.cache.autogc', 'crcache.cache.queue', 'crcache.config',
+    'crcache.store.sqlite',
     'crcache.tarcopy', 'crcache.localcopy', 'crcache.process',
     'cliff.formatters.json_format', 'cliff.formatters.yaml_format',
     'cliff.formatters.commaseparated', 'cliff.formatters.value',

@@ -310,8 +310,6 @@ class Config:
                 break
 
     def _layering_problem(self, source: base.Source) -> str | None:
-        if not isinstance(source, base.LayeredSource):
-            return None
         for child in source.children:
             if child in self.errors:
                 return (f"sources: source '{child}' cannot be used: "
@@ -333,9 +331,8 @@ class Config:
                     del self._sources[member]
             return
         source = self._sources.get(name)
-        if isinstance(source, base.LayeredSource):
-            for child in source.children:
-                self._find_cycle(child, trail + [name])
+        for child in source.children if source is not None else ():
+            self._find_cycle(child, trail + [name])
 
     # -- access ------------------------------------------------------------
 

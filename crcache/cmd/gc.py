@@ -40,10 +40,9 @@ class CollectGarbage(base.Lister):
 
     def take_action(self, parsed_args: argparse.Namespace
                     ) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
-        from crcache import gc
         if parsed_args.forget:
-            actions = gc.forget(self.cache, parsed_args.forget)
+            actions = self.cache.forget(parsed_args.forget)
         else:
-            actions = gc.collect(self.cache, leaks=parsed_args.leaks)
+            actions = self.cache.collect(leaks=parsed_args.leaks)
         return ('name', 'source', 'action', 'reason'), [
             (a.instance, a.source, a.action, a.reason) for a in actions]

@@ -11,12 +11,9 @@ shows: ``-t`` draws children as ``+ name`` lines under their pool and
 from __future__ import annotations
 
 import argparse
-import collections
 import itertools
 import logging
-import math
 import shlex
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -24,8 +21,6 @@ from crcache import exceptions
 from crcache.cmd import base
 
 LOG = logging.getLogger(__name__)
-#: Instances provisioning or discarding longer than this are pointed out.
-SLOW = 5.0
 
 COLUMNS = ('source', 'cached', 'in-use', 'max')
 TREE_COLUMNS = ('parent', 'depth')
@@ -33,8 +28,6 @@ INSTANCE_COLUMNS = ('name', 'source', 'state', 'concurrency', 'held-by',
                     'pid', 'ppid', 'since', 'lease-expires', 'command')
 QUERY_COLUMNS = ('query', 'value')
 QUERIES = ('cached', 'in-use', 'max', 'available')
-#: What --query available prints when nothing limits it.
-UNLIMITED = 'unlimited'
 
 
 def _stamp(when: float | None) -> str | None:
@@ -42,15 +35,6 @@ def _stamp(when: float | None) -> str | None:
         return None
     from crcache import stamps
     return stamps.utc(when)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f'{seconds}s'
-    if seconds < 3600:
-        return f'{seconds // 60}m{seconds % 60:02d}s'
-    return f'{seconds // 3600}h{seconds // 60 % 60:02d}m'
 
 
 def instance_row(inst: Any) -> tuple[Any, ...]:
@@ -77,107 +61,6 @@ def instance_row(inst: Any) -> tuple[Any, ...]:
             holder.get('pid'), holder.get('ppid'), _stamp(since),
             _stamp(inst.lease_expires),
             shlex.join(argv) if argv else None)
-
-
-class Node:
-    """A source as --query sees it: how many instances it may have (None:
-    no limit) and, for a pool, the sources it draws on."""
-
-    def __init__(self, limit: int | None,
-                 children: Sequence[str] | None = None) -> None:
-        self.limit = limit
-        #: None for a source that makes its instances itself.
-        self.children = children
-
-
-def query(what: str, selected: Sequence[str], nodes: dict[str, Node],
-          instances: Iterable[Any]) -> int | str:
-    """One figure over the ``selected`` sources; see the --query help.
-
-    A pool instance and the instance it wraps are one instance: each is
-    counted once, for the outermost selected source holding it. ``nodes``
-    describes every selected source and every source they draw on;
-    ``instances`` are all the store's rows.
-    """
-    chosen = set(selected)
-    rows = list(instances)
-    by_name = {inst.name: inst for inst in rows}
-
-    def outermost(inst: Any) -> bool:
-        parent = by_name.get(inst.parent) if inst.parent else None
-        while parent is not None:
-            if parent.source in chosen:
-                return False
-            parent = by_name.get(parent.parent) if parent.parent else None
-        return True
-
-    counted = [i for i in rows if i.source in chosen and outermost(i)]
-    if what in ('cached', 'in-use'):
-        return sum(1 for i in counted if i.state == what)
-    if what == 'max':
-        most = _most(selected, nodes, {})
-        return 0 if most is None else most
-    # available: the cached instances, plus the new ones there is room
-    # for, counting what is already live. A pool may also take the cached
-    # instances of a source it draws on that is not itself counted.
-    live = collections.Counter(i.source for i in rows)
-    cached = collections.Counter(i.source for i in rows
-                                 if i.state == 'cached')
-    room = {name: -live[name] + (0 if name in chosen else cached[name])
-            for name in nodes}
-    most = _most(selected, nodes, room)
-    if most is None:
-        return UNLIMITED
-    return sum(1 for i in counted if i.state == 'cached') + most
-
-
-def _most(selected: Sequence[str], nodes: dict[str, Node],
-          adjust: dict[str, int]) -> int | None:
-    """How many instances the selected sources could make at once (None:
-    no limit), a pool's taken from its sources: a maximum flow in which
-    each source lets through its limit (plus ``adjust``) at most."""
-    inf = math.inf
-    # Each source is two vertices joined by an edge of its capacity.
-    capacity: dict[tuple[Any, Any], float] = collections.defaultdict(int)
-    for name, node in nodes.items():
-        limit = inf if node.limit is None else max(
-            0, node.limit + adjust.get(name, 0))
-        capacity[('in', name), ('out', name)] = limit
-        for child in node.children if node.children is not None else ():
-            capacity[('out', name), ('in', child)] = inf
-        if node.children is None:
-            capacity[('out', name), 'sink'] = inf
-    for name in dict.fromkeys(selected):
-        capacity['start', ('in', name)] = inf
-    edges: dict[Any, set] = collections.defaultdict(set)
-    for a, b in list(capacity):
-        edges[a].add(b)
-        edges[b].add(a)
-    total = 0
-    while True:
-        # Edmonds-Karp: the shortest path with room left, by breadth.
-        came_from: dict[Any, Any] = {'start': None}
-        queue = collections.deque(['start'])
-        while queue and 'sink' not in came_from:
-            here = queue.popleft()
-            for there in edges[here]:
-                if there not in came_from and capacity[here, there] > 0:
-                    came_from[there] = here
-                    queue.append(there)
-        if 'sink' not in came_from:
-            return total
-        path = []
-        there = 'sink'
-        while came_from[there] is not None:
-            path.append((came_from[there], there))
-            there = came_from[there]
-        through = min(capacity[edge] for edge in path)
-        if through == inf:
-            return None
-        for a, b in path:
-            capacity[a, b] -= through
-            capacity[b, a] += through
-        total += int(through)
 
 
 class Status(base.Lister):
@@ -257,15 +140,17 @@ class Status(base.Lister):
                 '-v, -t or -a')
         statuses = self.cache.status(self._selected(parsed_args) or None)
         for status in statuses:
-            if status.error and status.name in self.cache.config.errors:
+            if status.error and self.cache.broken(status.name):
                 LOG.error('%s', status.error)
                 self._failed = True
         instances = self.cache.instances()
-        self._point_out_slow(statuses, instances)
+        names = {s.name for s in statuses}
+        for line in self.cache.slow(i for i in instances
+                                    if i.source in names):
+            LOG.warning('%s', line)
         if parsed_args.query:
-            names = [s.name for s in statuses]
-            value = query(parsed_args.query, names, self._nodes(names),
-                          instances)
+            value = self.cache.query(parsed_args.query,
+                                     [s.name for s in statuses])
             if parsed_args.formatter == 'value' and not parsed_args.columns:
                 return ('value',), [(value,)]
             return QUERY_COLUMNS, [(parsed_args.query, value)]
@@ -280,28 +165,6 @@ class Status(base.Lister):
     def _decorated(self, parsed_args: argparse.Namespace) -> bool:
         """Whether the output is for reading: the table, whole."""
         return parsed_args.formatter == 'table' and not parsed_args.columns
-
-    def _nodes(self, names: Iterable[str]) -> dict[str, Node]:
-        """--query's view of ``names`` and every source they draw on."""
-        from crcache.sources import base as sources
-        config = self.cache.config
-        nodes: dict[str, Node] = {}
-        todo = list(names)
-        while todo:
-            name = todo.pop()
-            if name in nodes:
-                continue
-            if not config.usable(name):
-                nodes[name] = Node(0)  # nothing can be made of it
-                continue
-            source = config.source(name)
-            if isinstance(source, sources.LayeredSource):
-                nodes[name] = Node(source.conf.maximum or None,
-                                   source.children)
-                todo.extend(source.children)
-            else:
-                nodes[name] = Node(source.maximum or None)
-        return nodes
 
     def _source_rows(self, statuses: list, parsed_args: argparse.Namespace
                      ) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
@@ -320,8 +183,7 @@ class Status(base.Lister):
             values: tuple[Any, ...] = (
                 status.name, status.cached, status.in_use, status.maximum)
             if parsed_args.all_definitions:
-                definition = self.cache.config.definitions.get(status.name)
-                values += (definition.path if definition else None, False)
+                values += (self.cache.definition_path(status.name), False)
             if broken:
                 values += (status.error,)
             if tree:
@@ -347,40 +209,16 @@ class Status(base.Lister):
             rows.extend(row(s) for s in statuses)
         if parsed_args.all_definitions:
             selected = {s.name for s in statuses}
-            for definition in self.cache.config.shadowed:
-                if selected and definition.name not in selected:
+            for name, path in self.cache.shadowed():
+                if selected and name not in selected:
                     continue
-                rows.append((definition.name, None, None, None,
-                             definition.path, True)
+                rows.append((name, None, None, None, path, True)
                             + ((None,) if broken else ())
                             + ((None, 0) if tree else ()))
         return columns, rows
 
     def _children(self, name: str) -> list[str]:
-        try:
-            return list(self.cache.config.source(name).children)
-        except (exceptions.CrcacheError, AttributeError):
-            return []
-
-    def _point_out_slow(self, statuses: list, instances: list) -> None:
-        """Say which instances are stuck changing state, and on what."""
-        now = time.time()
-        names = {s.name for s in statuses}
-        for inst in instances:
-            if inst.source not in names or inst.state not in (
-                    'provisioning', 'discarding'):
-                continue
-            op = inst.op or {}
-            since = op.get('since') or inst.updated
-            if now - since < SLOW:
-                continue
-            hook = op.get('hook') or {}
-            doing = (f"{hook.get('script')} running, pid {hook.get('pid')}"
-                     if hook.get('script') else
-                     f"pid {op.get('pid')} on {op.get('host')}" if op
-                     else 'nobody is working on it')
-            LOG.warning('%s has been %s for %s (%s)', inst.name, inst.state,
-                        _duration(now - since), doing)
+        return self.cache.children(name)
 
     def produce_output(self, parsed_args: argparse.Namespace,
                        column_names: Sequence[str], data: Any) -> int:

@@ -20,6 +20,7 @@ Two kinds exist:
 from __future__ import annotations
 
 import abc
+import dataclasses
 import os
 import threading
 from collections.abc import Callable
@@ -65,6 +66,15 @@ class Source(abc.ABC):
         """The ``concurrency`` key; 0 asks the instance."""
         return self.conf.concurrency
 
+    @property
+    def children(self) -> list[str]:
+        """The sources this one draws its instances from, in order.
+
+        None (the default) for a source that makes its own instances;
+        a :class:`LayeredSource` names them.
+        """
+        return []
+
     def validate(self) -> list[tuple[str, str]]:
         """Check keys against each other; return ``(key, problem)`` pairs.
 
@@ -81,13 +91,65 @@ class Source(abc.ABC):
         return problems
 
 
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One of a layered source's sources, as it stands right now.
+
+    Offered to :meth:`LayeredSource.choose` inside the acquisition's
+    store transaction, so the counts cannot change until it commits.
+    """
+
+    #: The source's name.
+    source: str
+    #: Its instances cached now (a cached one is taken before a new one).
+    cached: int
+    #: Its instances in use now.
+    in_use: int
+    #: All its live instances, whatever their state.
+    live: int
+    #: Its ``maximum``; 0 is no limit.
+    maximum: int
+    #: Whether it could give an instance now (cached, or room for one).
+    room: bool
+    #: Whether an instance of it was just found dead in this acquisition:
+    #: it may well be dead as a whole.
+    avoid: bool
+
+
 class LayeredSource(Source):
-    """A source whose instances wrap instances of other sources."""
+    """A source whose instances wrap instances of other sources.
+
+    The cache claims the instance a new one wraps in the same store
+    transaction as the new one itself; which source it comes from is this
+    source's decision (:meth:`choose`), so a policy (in order, least
+    loaded, round robin...) is a plugin like any other source type.
+    """
 
     @property
     @abc.abstractmethod
     def children(self) -> list[str]:
-        """Names of the sources to draw from, in order of preference."""
+        """Names of the sources to draw from."""
+
+    def choose(self, candidates: list[Candidate],
+               seq: int) -> list[Candidate]:
+        """Order ``candidates`` by preference for a new instance.
+
+        :param candidates: one per source in :attr:`children`, in that
+            order.
+        :param seq: the number of the instance being made (``pool-3``:
+            3), for policies that rotate.
+        :returns: the candidates to try, best first. The cache takes the
+            first with ``room``: a cached instance of it if it has one,
+            else a new instance of it. Candidates left out are not
+            tried.
+
+        Runs inside a store transaction: it must be quick and must not
+        call a backend. The default prefers sources with a cached
+        instance, then the sources in the order configured, and those
+        marked ``avoid`` last.
+        """
+        return sorted(candidates,
+                      key=lambda c: (c.cached == 0, c.avoid))
 
 
 class BackendSource(Source):

@@ -604,10 +604,15 @@ class TestConnectionHolder(SSHTestCase):
             self.write_source('host', **self.server.source_keys(
                 self.known_hosts, **keys))
         name = self.acquire()
-        self.wait_for(lambda: len(self.holder_pids()) == 1
-                      and self.holder_sockets(), what='one holder')
-        [path] = self.holder_sockets()
-        [pid] = self.holder_pids()
+        seen: list = []
+
+        def one_holder() -> bool:
+            # Holders started by earlier commands may still be leaving.
+            seen[:] = [self.holder_pids(), self.holder_sockets()]
+            return len(seen[0]) == 1 and len(seen[1]) == 1
+
+        self.wait_for(one_holder, what='one holder')
+        [pid], [path] = seen
         self.assertEqual('ok\n', self.run_on(name, 'echo ok').stdout)
         return name, path, pid
 

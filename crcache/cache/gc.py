@@ -26,12 +26,9 @@ Rows of a source that is no longer configured (or whose definition is
 broken) cannot be discarded, as no driver can reach their backend: they
 are reported, never retried in a loop, and ``forget`` drops them.
 
-``crcache acquire`` starts with :func:`collect_before_acquire`: a quick
-read-only look, and only when something is due, a ``crcache gc`` in a
-process of its own. The acquire waits for it (at most a couple of
-seconds) only when what is due belongs to the sources it draws from,
-so a slow discard.d never holds an acquire up for long, and never
-one from another source.
+``crcache acquire`` starts with a quick read-only look for what is due,
+and hands it to a ``crcache gc`` of its own (see
+:mod:`crcache.cache.autogc`).
 """
 
 from __future__ import annotations
@@ -39,9 +36,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -49,7 +43,9 @@ from crcache import exceptions
 from crcache import hooks
 from crcache import invocation
 from crcache import stamps
-from crcache.sources import base
+from crcache.cache import kinds
+from crcache.cache import records
+from crcache.cache.lifecycle import Lifecycle
 from crcache.store.base import CACHED, DISCARDING, IN_USE, PROVISIONING
 
 LOG = logging.getLogger(__name__)
@@ -111,7 +107,7 @@ def _due(conf: Any, inst: Any, now: float) -> str | None:
     return None
 
 
-def due(cache: Any, rows: list, now: float | None = None,
+def due(life: Lifecycle, rows: list, now: float | None = None,
         damaged: bool = True) -> list[tuple[Any, str]]:
     """The rows a pass would collect now, with why.
 
@@ -122,33 +118,33 @@ def due(cache: Any, rows: list, now: float | None = None,
     now = time.time() if now is None else now
     found = []
     for inst in rows:
-        if not cache.config.usable(inst.source):
+        if not life.config.usable(inst.source):
             continue
         if inst.problem and not damaged:
             continue
-        reason = _due(cache.config.source(inst.source).conf, inst, now)
+        reason = _due(life.config.source(inst.source).conf, inst, now)
         if reason is not None:
             found.append((inst, reason))
     return found
 
 
-def collect(cache: Any, leaks: bool = False) -> list[Action]:
+def collect(life: Lifecycle, leaks: bool = False) -> list[Action]:
     """One garbage collection pass; returns what it did and found."""
     now = time.time()
-    with cache.store.reading() as tx:
+    with life.store.reading() as tx:
         rows = tx.instances()
     actions: list[Action] = []
-    for inst, reason in due(cache, rows, now):
-        actions.extend(_collect_one(cache, inst, reason))
-    actions.extend(_orphans(cache, rows, now))
-    actions.extend(_unreleased(cache, rows))
-    actions.extend(_leaks(cache, rows, destroy=leaks))
+    for inst, reason in due(life, rows, now):
+        actions.extend(_collect_one(life, inst, reason))
+    actions.extend(_orphans(life, rows, now))
+    actions.extend(_unreleased(life, rows))
+    actions.extend(_leaks(life, rows, destroy=leaks))
     return actions
 
 
-def _collect_one(cache: Any, inst: Any, reason: str) -> list[Action]:
+def _collect_one(life: Lifecycle, inst: Any, reason: str) -> list[Action]:
     try:
-        taken = _take_over(cache, inst)
+        taken = _take_over(life, inst)
     except exceptions.CrcacheError as err:
         return [Action(inst.name, inst.source, 'failed', str(err))]
     if taken is None:
@@ -158,7 +154,7 @@ def _collect_one(cache: Any, inst: Any, reason: str) -> list[Action]:
         hook = (inst.op or {}).get('hook')
         if invocation.session_may_live(hook):
             hooks.kill(hook['pid'])
-        cache.discard(taken, force=force)
+        life.discard(taken, force=force)
     except exceptions.CrcacheError as err:
         LOG.warning('%s: %s', inst.name, err)
         return [Action(inst.name, inst.source, 'failed',
@@ -166,23 +162,23 @@ def _collect_one(cache: Any, inst: Any, reason: str) -> list[Action]:
     return [Action(inst.name, inst.source, 'discarded', reason)]
 
 
-def _orphans(cache: Any, rows: list, now: float) -> list[Action]:
+def _orphans(life: Lifecycle, rows: list, now: float) -> list[Action]:
     """Rows due for collection that no configured driver can reach."""
     found = []
     for inst in rows:
-        if cache.config.usable(inst.source) or inst.parent:
+        if life.config.usable(inst.source) or inst.parent:
             continue
         if inst.state in (CACHED, DISCARDING) \
                 or _due(None, inst, now) is not None:
             found.append(Action(
                 inst.name, inst.source, 'kept',
-                f'{cache.unusable_reason(inst.source)}: cannot discard it '
+                f'{life.unusable_reason(inst.source)}: cannot discard it '
                 f"(fix the source, or 'crcache gc --forget {inst.source}' "
                 'forgets it)'))
     return found
 
 
-def forget(cache: Any, sources: list[str]) -> list[Action]:
+def forget(life: Lifecycle, sources: list[str]) -> list[Action]:
     """Drop every row of sources that cannot be loaded any more.
 
     Says, for each, which backend resource may be left behind. An
@@ -190,17 +186,17 @@ def forget(cache: Any, sources: list[str]) -> list[Action]:
     works, is discarded (its state is unknown).
     """
     for name in sources:
-        if cache.config.usable(name):
+        if life.config.usable(name):
             raise exceptions.CrcacheError(
                 f"source '{name}' is configured and usable: release its "
                 'instances, and gc discards what is due; --forget is for '
                 'sources whose definition is gone or broken')
     actions = []
     children = []
-    with cache.store.transaction() as tx:
+    with life.store.transaction() as tx:
         for name in sources:
             rows = tx.instances(name)
-            if not rows and name not in cache.config.definitions:
+            if not rows and name not in life.config.definitions:
                 raise exceptions.UnknownSource(
                     name, {i.source for i in tx.instances()})
             for inst in rows:
@@ -208,9 +204,9 @@ def forget(cache: Any, sources: list[str]) -> list[Action]:
                     child = tx.get(inst.child)
                     if child is not None and child.parent == inst.name:
                         tx.update(child.name, parent=None)
-                        if cache.config.usable(child.source):
+                        if life.config.usable(child.source):
                             tx.update(child.name, state=DISCARDING,
-                                      op=_work())
+                                      op=records.work_record())
                             children.append(child)
                 tx.delete(inst.name)
                 if inst.child:
@@ -223,100 +219,33 @@ def forget(cache: Any, sources: list[str]) -> list[Action]:
                 actions.append(Action(inst.name, name, 'forgotten',
                                       f'was {inst.state}; {left}'))
     for child in children:
-        actions.extend(_collect_one_taken(cache, child))
+        actions.extend(_collect_one_taken(life, child))
     return actions
 
 
-def _collect_one_taken(cache: Any, inst: Any) -> list[Action]:
+def _collect_one_taken(life: Lifecycle, inst: Any) -> list[Action]:
     inst.state = DISCARDING
     try:
-        cache.discard(inst, force=True)
+        life.discard(inst, force=True)
     except exceptions.CrcacheError as err:
         return [Action(inst.name, inst.source, 'failed', str(err))]
     return [Action(inst.name, inst.source, 'discarded',
                    'its pool instance was forgotten')]
 
 
-def _work() -> dict:
-    from crcache import cache as cache_module
-    return cache_module.work_record()
-
-
-def _take_over(cache: Any, inst: Any) -> Any | None:
+def _take_over(life: Lifecycle, inst: Any) -> Any | None:
     """Mark a row ours to discard, unless it changed since we read it."""
-    with cache.store.transaction() as tx:
+    with life.store.transaction() as tx:
         current = tx.get(inst.name)
         if (current is None or current.state != inst.state
                 or current.updated != inst.updated):
             return None
-        tx.update(inst.name, state=DISCARDING, op=_work())
+        tx.update(inst.name, state=DISCARDING, op=records.work_record())
         current.state = DISCARDING
         return current
 
 
-def collect_before_acquire(cache: Any, sources: set[str], budget: float,
-                           progress: Any = None) -> None:
-    """Start a gc pass if anything is due; maybe wait ``budget`` seconds.
-
-    The pass runs as ``crcache gc`` in a process of its own, so whatever
-    it waits for (a discard.d script) holds the acquire up no longer
-    than ``budget``: after that it goes on alone, bounded by the
-    sources' timeouts. Only when something due belongs to ``sources``
-    (those the acquisition draws from) is it waited for, its warnings
-    coming to our stderr meanwhile. ``progress`` (a
-    :class:`crcache.progress.Reporter`) is told when the wait becomes
-    noticeable, and passes the pass's output on.
-    """
-    with cache.store.reading() as tx:
-        rows = tx.instances()
-    pending = due(cache, rows, damaged=False)
-    if not pending:
-        return
-    wait = any(inst.source in sources for inst, _ in pending)
-    pending = [(inst, reason) for inst, reason in pending
-               if inst.source in sources] or pending
-    if progress is None:
-        from crcache.progress import Reporter
-        progress = Reporter()
-    names = ', '.join(inst.name for inst, _ in pending)
-    env = cache.hook_env()
-    env.pop('CRCACHE_INSTANCE', None)
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, '-m', 'crcache', '-q', 'gc'],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE if wait else subprocess.DEVNULL,
-            env=env, start_new_session=True, cwd='/')
-    except OSError as err:
-        LOG.warning('cannot start garbage collection: %s', err)
-        return
-    if not wait:
-        return
-    import select
-    deadline = time.monotonic() + budget
-    fd = proc.stderr.fileno()
-    with progress.task(f'waiting for garbage collection of {names} '
-                       f'(pid {proc.pid})', after=0.5):
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                ready, _, _ = select.select([fd], [], [], left)
-                if not ready:
-                    continue
-                data = os.read(fd, 65536)
-                if not data:  # done: its stderr closed as it exited
-                    proc.wait()
-                    return
-                progress.output(data)
-        finally:
-            proc.stderr.close()
-    LOG.warning('garbage collection of %s goes on in the background (pid '
-                '%s); acquiring meanwhile', names, proc.pid)
-
-
-def _unreleased(cache: object, rows: list) -> list[Action]:
+def _unreleased(life: Lifecycle, rows: list) -> list[Action]:
     """In-use instances whose holder is gone but that have no lease."""
     found = []
     for inst in rows:
@@ -332,18 +261,18 @@ def _unreleased(cache: object, rows: list) -> list[Action]:
     return found
 
 
-def _leaks(cache: object, rows: list, destroy: bool) -> list[Action]:
+def _leaks(life: Lifecycle, rows: list, destroy: bool) -> list[Action]:
     """Backend resources carrying this store's label that it does not know."""
     known = {inst.name for inst in rows}
-    with cache.store.reading() as tx:
+    with life.store.reading() as tx:
         known.update(inst.name for inst in tx.instances())
     found = []
-    for name in cache.config.usable_names():
-        source = cache.config.source(name)
-        if not isinstance(source, base.BackendSource):
+    for name in life.config.usable_names():
+        source = kinds.backend(life.config.source(name))
+        if source is None:
             continue
         try:
-            owned = source.list_owned(cache.store.store_id)
+            owned = source.list_owned(life.store.store_id)
         except exceptions.CrcacheError as err:
             found.append(Action(None, name, 'failed',
                                 f'cannot list resources: {err}'))

@@ -1,11 +1,11 @@
-"""Unit tests for crcache.cmd.status: the --query figures."""
+"""Unit tests for crcache.cache.report: the --query figures."""
 
 import types
 
 import testtools
 
-from crcache.cmd import status
-from crcache.cmd.status import Node
+from crcache.cache import report
+from crcache.cache.report import Node
 
 
 def inst(name, state, parent=None):
@@ -16,7 +16,7 @@ def inst(name, state, parent=None):
 class TestQuery(testtools.TestCase):
 
     def q(self, what, selected, nodes, instances=()):
-        return status.query(what, selected, nodes, instances)
+        return report.query(what, selected, nodes, instances)
 
     def test_independent_sources_add_up(self):
         nodes = {'a': Node(5), 'b': Node(2)}

@@ -1,0 +1,216 @@
+"""The cache: every instance state transition, behind one facade.
+
+Commands (and the Python API) call :class:`Cache`; nothing above it
+touches the store or a source driver. Inside, each job has a module:
+
+* :mod:`~crcache.cache.claims`: what an acquisition takes, decided inside
+  one store transaction (never calling a backend);
+* :mod:`~crcache.cache.queue`: ``acquire --wait``'s first-come queue;
+* :mod:`~crcache.cache.lifecycle`: hooks, release, discard and undo,
+  between transactions;
+* :mod:`~crcache.cache.provisioning`: making instances (acquire, checking
+  cached ones, fill);
+* :mod:`~crcache.cache.use`: running commands and copying files;
+* :mod:`~crcache.cache.report`: status, listings and ``--query`` figures;
+* :mod:`~crcache.cache.gc` and :mod:`~crcache.cache.autogc`: finishing or
+  undoing interrupted work, and reclaiming the expired;
+* :mod:`~crcache.cache.kinds`: the one place source kinds are told apart.
+
+An acquisition claims everything it needs in a single transaction, so two
+processes can never be handed the same instance and a request that
+cannot be met changes nothing. Rows are written before a backend is asked
+for anything and carry the identity of the process working on them, so a
+crash at any point leaves a row that says what may exist and who was
+responsible; gc finishes or undoes such work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from crcache import exceptions
+from crcache.cache import kinds
+from crcache.cache import records
+from crcache.cache.claims import Claimer
+from crcache.cache.lifecycle import Lifecycle
+from crcache.cache.provisioning import Provisioner
+from crcache.cache.records import check_instance_name
+from crcache.cache.report import SourceStatus
+from crcache.cache.use import User, split_location
+from crcache.config import Config
+from crcache.sources import base
+from crcache.store.base import Instance, Store
+
+if TYPE_CHECKING:
+    from crcache.cache.gc import Action
+
+__all__ = ['Cache', 'SourceStatus', 'check_instance_name', 'split_location']
+
+LOG = logging.getLogger(__name__)
+
+
+class Cache:
+    """Acquire, release and use instances of configured sources.
+
+    ``progress`` (a :class:`crcache.progress.Reporter`) is told about
+    slow work: provisioning, waiting, copying. By default nothing is
+    reported.
+    """
+
+    def __init__(self, config: Config, store: Store,
+                 progress: Any = None) -> None:
+        self.config = config
+        self.store = store
+        if progress is None:
+            from crcache.progress import Reporter
+            progress = Reporter()
+        self.progress = progress
+        for name in config.usable_names():
+            source = kinds.backend(config.source(name))
+            if source is not None:
+                source.owner = store.store_id
+        if hasattr(store, 'on_wait'):
+            store.on_wait = progress.event
+        self._life = Lifecycle(config, store, progress)
+        self._claimer = Claimer(config)
+        self._provisioner = Provisioner(self._life, self._claimer)
+        self._user = User(config, store, progress)
+
+    # -- instances ---------------------------------------------------------
+
+    def acquire(self, source_name: str, count: int = 1,
+                holder: dict[str, Any] | None = None,
+                wait: float | None = None,
+                lease: float | None = None) -> list[Instance]:
+        """Take ``count`` instances of a source, all or nothing.
+
+        Cached instances are handed out first (after checking that they
+        still answer); the rest are provisioned, in parallel. Without
+        ``wait`` a source without room raises
+        :class:`~crcache.exceptions.CapacityError` at once, having changed
+        nothing; with it, the acquisition queues (first come, first
+        served) for up to ``wait`` seconds (0: for ever). ``lease``
+        (seconds; default: the source's ``lease``) lets ``crcache gc``
+        reclaim the instances once it has passed. Garbage due in the
+        sources it draws from is collected first (within a budget).
+        """
+        if count < 1:
+            raise exceptions.CrcacheError(
+                f'cannot acquire {count} instances: ask for 1 or more')
+        source = self.config.source(source_name)
+        if lease is None:
+            lease = source.conf.lease
+        self._collect_first(source)
+        return self._provisioner.acquire(
+            source, count, holder or records.current_holder(), wait, lease)
+
+    def _collect_first(self, source: base.Source) -> None:
+        from crcache.cache import autogc
+        drawn: set[str] = set()
+        todo = [source.name]
+        while todo:
+            name = todo.pop()
+            if name in drawn or not self.config.usable(name):
+                continue
+            drawn.add(name)
+            pool = kinds.layered(self.config.source(name))
+            todo.extend(pool.children if pool is not None else ())
+        try:
+            autogc.collect_before_acquire(self._life, drawn)
+        except exceptions.CrcacheError as err:
+            LOG.warning('garbage collection before acquiring: %s', err)
+
+    def fill(self, names: Iterable[str] | None = None) -> list[Instance]:
+        """Provision instances until each source has its ``reserve``.
+
+        New instances are cached, ready for the next acquire. Sources
+        already at their reserve (or their maximum) get nothing. Returns
+        the instances made; failures are reported together at the end,
+        after every other instance was tried.
+        """
+        return self._provisioner.fill(names)
+
+    def release(self, names: Iterable[str]) -> None:
+        """Release each named instance; report every failure at the end.
+
+        Each is kept cached if its source's ``reserve`` wants it, and
+        discarded otherwise.
+        """
+        self._life.release(names)
+
+    # -- use ---------------------------------------------------------------
+
+    def resolve(self, name: str) -> tuple[Instance, base.BackendSource]:
+        """The backend instance doing ``name``'s work, and its source."""
+        return self._user.resolve(name)
+
+    def run(self, name: str, argv: list[str], stdin: int = 0,
+            stdout: int = 1, stderr: int = 2) -> int:
+        """Run ``argv`` on an acquired instance; return its exit status."""
+        return self._user.run(name, argv, stdin, stdout, stderr)
+
+    def copy(self, src: str, dst: str, recursive: bool = False) -> None:
+        """Copy between ``[INSTANCE:]PATH`` arguments (``cp -p`` style)."""
+        self._user.copy(src, dst, recursive)
+
+    def place_files(self, name: str, files: Iterable[str]) -> None:
+        """Make local files exist at the same absolute paths on an
+        instance (for test runners' ``$FILES``)."""
+        self._user.place_files(name, files)
+
+    # -- reports -----------------------------------------------------------
+
+    def status(self, names: Iterable[str] | None = None
+               ) -> list[SourceStatus]:
+        """Per-source counts; unknown names are an error."""
+        from crcache.cache import report
+        return report.status(self.config, self.store, names)
+
+    def instances(self, sources: Iterable[str] | None = None
+                  ) -> list[Instance]:
+        """The instances of ``sources`` (all when None)."""
+        from crcache.cache import report
+        return report.instances(self.store, sources)
+
+    def query(self, what: str, names: list[str]) -> int | str:
+        """One ``status --query`` figure over the named sources."""
+        from crcache.cache import report
+        return report.query(what, names, report.nodes(self.config, names),
+                            self.instances())
+
+    def slow(self, found: Iterable[Instance]) -> list[str]:
+        """Lines about instances stuck provisioning or discarding."""
+        from crcache.cache import report
+        return report.slow(found)
+
+    def children(self, name: str) -> list[str]:
+        """The sources ``name`` draws from (none unless it is a pool)."""
+        from crcache.cache import report
+        return report.children(self.config, name)
+
+    def broken(self, name: str) -> bool:
+        """Whether ``name``'s definition has an error."""
+        return name in self.config.errors
+
+    def definition_path(self, name: str) -> str | None:
+        """The file defining ``name`` (None for the implicit local)."""
+        definition = self.config.definitions.get(name)
+        return definition.path if definition else None
+
+    def shadowed(self) -> list[tuple[str, str | None]]:
+        """(name, path) of definitions hidden by an earlier root."""
+        return [(d.name, d.path) for d in self.config.shadowed]
+
+    # -- garbage -----------------------------------------------------------
+
+    def collect(self, leaks: bool = False) -> list['Action']:
+        """One garbage collection pass (see :mod:`crcache.cache.gc`)."""
+        from crcache.cache import gc
+        return gc.collect(self._life, leaks=leaks)
+
+    def forget(self, sources: list[str]) -> list['Action']:
+        """Forget the instances of sources that cannot be loaded."""
+        from crcache.cache import gc
+        return gc.forget(self._life, sources)
