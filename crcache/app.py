@@ -183,10 +183,8 @@ class CrcacheApp(app.App):
         """The configuration and state store, opened on first use."""
         if self._cache is None:
             from crcache import cache
-            from crcache import config
-            from crcache import store
-            self._cache = cache.Cache(config.Config(), store.open_store(),
-                                      progress=_Deferred(self._reporter))
+            self._cache = cache.Cache.open(
+                progress=_Deferred(self._reporter))
         return self._cache
 
     def _reporter(self) -> Any:

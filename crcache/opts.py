@@ -7,25 +7,10 @@ own keys through its module's ``list_opts``.
 
 from __future__ import annotations
 
-import re
-
 from oslo_config import cfg
 from oslo_config import types
 
-_DURATION = re.compile(r'^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$')
-_UNIT = {'': 1, 's': 1, 'm': 60, 'h': 3600, 'd': 86400}
-
-
-def parse_duration(text: str | float) -> float:
-    """Seconds in ``90``, ``90s``, ``15m``, ``2h`` or ``1d``."""
-    if isinstance(text, (int, float)):
-        return float(text)
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(
-            f'{text!r} is not a duration (like 90, 90s, 15m, 2h or 1d)')
-    return float(match.group(1)) * _UNIT[match.group(2)]
-
+from crcache.stamps import parse_duration
 
 class Duration(types.ConfigType):
     """An oslo.config type: a duration, read as seconds."""

@@ -70,8 +70,8 @@ def duration(seconds: float) -> str:
 
 def stamp(when: float | None = None) -> str:
     """ISO 8601 UTC time, to the second: 2026-12-02T06:30:01Z."""
-    return time.strftime('%Y-%m-%dT%H:%M:%SZ',
-                         time.gmtime(time.time() if when is None else when))
+    from crcache import stamps
+    return stamps.utc(time.time() if when is None else when, millis=False)
 
 
 # -- byte meters ---------------------------------------------------------

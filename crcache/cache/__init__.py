@@ -78,6 +78,15 @@ class Cache:
         self._provisioner = Provisioner(self._life, self._claimer)
         self._user = User(config, store, progress)
 
+    @classmethod
+    def open(cls, env: Any = None, progress: Any = None) -> 'Cache':
+        """The cache of the configuration and state store that ``env``
+        (default: this process's environment) names, as the command line
+        finds them."""
+        from crcache import store
+        return cls(Config(env=env), store.open_store(env),
+                   progress=progress)
+
     # -- instances ---------------------------------------------------------
 
     def acquire(self, source_name: str, count: int = 1,

@@ -21,9 +21,9 @@ def positive(text: str) -> int:
 
 def duration(text: str) -> float:
     """argparse type: a duration (90, 90s, 15m, 2h, 1d) in seconds."""
-    from crcache import opts
+    from crcache import stamps
     try:
-        return opts.parse_duration(text)
+        return stamps.parse_duration(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err))
 
