@@ -99,9 +99,10 @@ class _TypeChecks:
         (crcache's cache sets it); set it before provisioning.
         """
         from crcache import config
+        name = name or self.checked_source()
         with self.world.applied():
             loaded = config.Config(roots=[self.world.config_root])
-            return loaded.source(name or self.checked_source())
+            return loaded.source(name)
 
     def test_keys_carry_the_type_name(self) -> None:
         """Each key of the type is named ``TYPE_...``."""
@@ -305,7 +306,7 @@ class SourceConformance(_TypeChecks, CrcacheMixin):
         self.assertNotEqual(name, fresh)
         self.assertEqual('ok\n', self.run_on(fresh, 'echo ok').stdout)
         self.assertNotIn(name, self.instances())
-        self.assertEqual([], self.gc())
+        self.assertEqual([], self.leaks())
 
     # -- run: the command line ------------------------------------------------
 

@@ -257,6 +257,12 @@ class CrcacheMixin:
         """``gc -f json``: what the pass did and found."""
         return json.loads(self.crcache('gc', '-f', 'json', *options).stdout)
 
+    def leaks(self) -> list[dict]:
+        """The rows of a ``gc`` pass about resources the store does
+        not know (``leaked``), or that it could not handle."""
+        return [row for row in self.gc()
+                if row['action'] in ('leaked', 'failed')]
+
     def wrapped(self, name: str) -> dict:
         """The row of the instance that layered instance ``name`` wraps."""
         found = [row for row in self.instances().values()
