@@ -268,7 +268,7 @@ class SourceConformance(_TypeChecks, CrcacheMixin):
     def test_acquire_run_release(self) -> None:
         """acquire prints the name alone; run works; release ends it."""
         result = self.crcache('acquire', '-s', self.source_name)
-        self.assertEqual('', result.stderr, str(result))
+        # (stderr may report progress, if provisioning was slow)
         self.assertRegex(result.stdout, rf'^{self.source_name}-\d+\n$')
         name = result.stdout.strip()
         row = self.status(self.source_name)[self.source_name]

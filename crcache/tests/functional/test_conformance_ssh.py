@@ -1,0 +1,67 @@
+"""The conformance suite (:mod:`crcache.testing`) against ``ssh``.
+
+Every test starts its own OpenSSH server (:mod:`~crcache.tests.functional.
+sshd`) on a loopback port and reaches it as the suite's source. Run
+twice: through the connection holder (the usual case) and with a
+connection per command (``ssh_persist = 0``). Each test has a runtime
+directory of its own, so the agent and the holders it leaves behind are
+found and stopped after it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import testtools
+
+from crcache import testing
+from crcache.tests.functional import base
+from crcache.tests.functional import sshd
+
+
+class SSHConformance(testing.SourceConformance):
+    """The suite's source is an ssh host: a real sshd of the test's own."""
+
+    private_runtime = True
+    opts_namespace = 'crcache.sources.ssh'
+    #: Extra source.conf keys.
+    overrides: dict[str, object] = {}
+
+    def source_keys(self) -> dict:
+        base.require_program(self, sshd.SSHD, 'openssh-server')
+        self.addCleanup(self._stop_helpers)
+        self.server = self.useFixture(sshd.SSHServer())
+        self.known_hosts = os.path.join(self.world.home, 'known_hosts')
+        with open(self.known_hosts, 'w') as f:
+            f.write(self.server.known_hosts_line() + '\n')
+        return self.server.source_keys(self.known_hosts, **self.overrides)
+
+    def unreachable_keys(self) -> dict:
+        # A port nothing listens on: the connection is refused.
+        return self.server.source_keys(self.known_hosts,
+                                       ssh_port=sshd.free_port(),
+                                       **self.overrides)
+
+    def _stop_helpers(self) -> None:
+        runtime = self.world.runtime_dir
+        for pattern in (f'crcache.agent {runtime}/',
+                        f'crcache.sshholder {runtime}/'):
+            out = subprocess.run(['pgrep', '-f', pattern],
+                                 capture_output=True, text=True).stdout
+            for pid in out.split():
+                try:
+                    os.kill(int(pid), signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+
+class TestSSHThroughHolder(SSHConformance, testtools.TestCase):
+    """Commands handed to the connection holder: the usual case."""
+
+
+class TestSSHDirect(SSHConformance, testtools.TestCase):
+    """Commands on connections of their own (no holder)."""
+
+    overrides = {'ssh_persist': 0}
