@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from crcache.testing.environment import CRCACHE, CrcacheMixin, Result
+from crcache.testing.environment import CRCACHE, CrcacheMixin
 
 
 def local_listing(path: str) -> str:
@@ -163,7 +163,7 @@ class SourceConformance(_TypeChecks, CrcacheMixin):
     #: Seconds a signalled ``crcache run`` may take to end.
     signal_deadline = 5.0
 
-    # -- what the test case supplies ------------------------------------------
+    # -- what the test case supplies ---------------------------------------
 
     def source_keys(self) -> dict[str, Any]:
         """The ``source.conf`` keys of a working source, ``type`` first.
@@ -197,7 +197,7 @@ class SourceConformance(_TypeChecks, CrcacheMixin):
             name, 'nproc 2>/dev/null || getconf _NPROCESSORS_ONLN').stdout
         return int(out.split()[0])
 
-    # -- set-up --------------------------------------------------------------
+    # -- set-up ------------------------------------------------------------
 
     def setUp(self) -> None:
         super().setUp()
@@ -263,7 +263,7 @@ class SourceConformance(_TypeChecks, CrcacheMixin):
         os.chmod(os.path.join(tree, 'empty'), 0o700)
         return tree
 
-    # -- acquiring and releasing ------------------------------------------------
+    # -- acquiring and releasing -------------------------------------------
 
     def test_acquire_run_release(self) -> None:
         """acquire prints the name alone; run works; release ends it."""
@@ -308,7 +308,7 @@ class SourceConformance(_TypeChecks, CrcacheMixin):
         self.assertNotIn(name, self.instances())
         self.assertEqual([], self.leaks())
 
-    # -- run: the command line ------------------------------------------------
+    # -- run: the command line ---------------------------------------------
 
     def test_a_single_word_is_a_shell_command_line(self) -> None:
         name = self.acquire_one()
@@ -341,7 +341,7 @@ class SourceConformance(_TypeChecks, CrcacheMixin):
                              expect=4)
         self.assertEqual('42\n', result.stdout, str(result))
 
-    # -- run: exit status -------------------------------------------------------
+    # -- run: exit status --------------------------------------------------
 
     def test_exit_status_is_the_commands(self) -> None:
         name = self.acquire_one()
@@ -353,7 +353,7 @@ class SourceConformance(_TypeChecks, CrcacheMixin):
         self.run_on(name, 'kill -KILL $$', expect=137)
         self.run_on(name, 'kill -TERM $$', expect=143)
 
-    # -- run: streams -----------------------------------------------------------
+    # -- run: streams ------------------------------------------------------
 
     def test_stdout_and_stderr_stay_apart(self) -> None:
         name = self.acquire_one()
@@ -408,7 +408,7 @@ class SourceConformance(_TypeChecks, CrcacheMixin):
             timeout=30)
         self.assertEqual(('y\n', ''), (proc.stdout, proc.stderr))
 
-    # -- run: signals --------------------------------------------------------
+    # -- run: signals ------------------------------------------------------
     #
     # The contract of issue 10: SIGINT or SIGTERM sent to a running
     # ``crcache run`` ends the command on the instance, its whole process
@@ -495,7 +495,7 @@ class SourceConformance(_TypeChecks, CrcacheMixin):
         Ctrl-C sends it."""
         self._interrupt(signal.SIGINT, group=True)
 
-    # -- files -----------------------------------------------------------------
+    # -- files -------------------------------------------------------------
 
     def test_run_files_places_files_at_the_same_path(self) -> None:
         """``run --files`` (testr's ``$FILES``) and shares_filesystem."""
@@ -645,7 +645,7 @@ class SourceConformance(_TypeChecks, CrcacheMixin):
             (result.returncode, result.stderr), str(result))
         self.assertFalse(os.path.lexists(dst))
 
-    # -- concurrency -------------------------------------------------------------
+    # -- concurrency -------------------------------------------------------
 
     def test_concurrency_is_probed(self) -> None:
         """Unless ``concurrency`` is set, the instance is asked."""
@@ -697,7 +697,7 @@ class SourceConformance(_TypeChecks, CrcacheMixin):
             self.assertEqual((0, f'{k}\n'.encode(), b''),
                              (proc.returncode, out, err))
 
-    # -- unreachable backends ------------------------------------------------
+    # -- unreachable backends ----------------------------------------------
 
     def _unreachable(self) -> str:
         keys = self.unreachable_keys()

@@ -63,7 +63,7 @@ class DirsSource(base.BackendSource):
     # same paths, so "run --files" has nothing to copy.
     shares_filesystem = True
 
-    # -- where things are -------------------------------------------------
+    # -- where things are --------------------------------------------------
 
     def _root(self) -> str:
         root = self.conf.dirs_root
@@ -92,7 +92,7 @@ class DirsSource(base.BackendSource):
         return exceptions.SourceError(
             self.name, f'cannot {action} {path}: {err.strerror or err}')
 
-    # -- making and destroying --------------------------------------------
+    # -- making and destroying ---------------------------------------------
 
     def provision(self, names: list[str]) -> dict[str, base.Ref]:
         template = self.conf.dirs_template
@@ -143,7 +143,7 @@ class DirsSource(base.BackendSource):
         # Answering is being there; nothing needs running.
         return os.path.isdir(ref.get('path', ''))
 
-    # -- leaks ---------------------------------------------------------------
+    # -- leaks -------------------------------------------------------------
 
     def list_owned(self, store_id: str) -> dict[str, str | None]:
         home = self._home(store_id)
@@ -164,7 +164,7 @@ class DirsSource(base.BackendSource):
         except OSError as err:
             raise self._error('remove', resource_id, err)
 
-    # -- running commands ------------------------------------------------------
+    # -- running commands --------------------------------------------------
 
     def run(self, ref: base.Ref, argv: list[str], stdin: int, stdout: int,
             stderr: int) -> int:
