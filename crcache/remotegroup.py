@@ -9,7 +9,7 @@ stderr, which process leads the command's process group, tagged with a
 per-run random nonce; :class:`Report` takes that line out of the stream
 again. To signal the command, crcache runs :func:`kill_argv` next to it
 (an ssh exec channel on the same connection, an exec in the same
-container): ``kill -s SIG -- -PGID``, the whole group, as a terminal
+container): ``kill -SIG -PGID``, the whole group, as a terminal
 signals a foreground job. The report also carries the leader's start
 time (from ``/proc``), which the kill checks first, so a pid used again
 after the command ended is never signalled.
@@ -45,11 +45,13 @@ HANG_UP_GRACE = 2
 _FIND = ('f() { p=$1 q= t=-; if read s </proc/$p/stat; then '
          's=${s##*") "}; set -- $s; q=$2 t=${20}; fi 2>/dev/null; }; ')
 # k SIG: signals p's group (p alone if it leads none), unless p is now
-# another process than the one started at t.
+# another process than the one started at t. "kill -SIG -PGID" is the
+# one spelling dash, bash and busybox all take (busybox refuses "--",
+# dash needs it after "-s SIG", and both still signal the group).
 _KILL = ('k() { g=$1; if read s </proc/$p/stat; then s=${s##*") "}; '
          'set -- $s; [ "$t" = - ] || [ "${20}" = "$t" ] || return 0; '
-         'fi 2>/dev/null; kill -s $g -- -$p 2>/dev/null '
-         '|| kill -s $g $p 2>/dev/null; }; ')
+         '[ "$3" = "$p" ] || { kill -$g $p; return; }; fi 2>/dev/null; '
+         'kill -$g -$p 2>/dev/null || kill -$g $p 2>/dev/null; }; ')
 # The watcher (see the module doc): p's parent was q when it started.
 _WATCH = ('[ "$t" = - ] || (trap "" INT QUIT TERM HUP; ' + _KILL
           + 'while :; do sleep 1 || exit; '

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 
+import fixtures
 import testtools
 
 from crcache import remotegroup
@@ -148,6 +149,29 @@ class TestScripts(testtools.TestCase):
             self.assertEqual(9, proc.wait(10), shell)
             self.assertEqual(b'got INT\n', proc.stdout.read())
 
+    def test_each_shell_signals_the_group_once(self) -> None:
+        # busybox's kill refuses "--" but signals the group all the same,
+        # and exits 1: a fallback on that status signalled it twice. The
+        # shell's kill is wrapped to count the calls (two signals close
+        # together could arrive as one).
+        log = os.path.join(self.useFixture(fixtures.TempDir()).path, 'log')
+        for shell in available():
+            proc = subprocess.Popen(
+                ['/bin/sh', '-c', 'trap "echo INT" INT; echo ready; '
+                 'while :; do sleep 0.05; done'],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                start_new_session=True)
+            self.addCleanup(self.kill_group, proc)
+            self.assertEqual(b'ready\n', proc.stdout.readline())
+            argv = remotegroup.kill_argv('INT', (proc.pid, '-'))
+            counted = (f'kill() {{ echo "$*" >>{log}; command kill "$@"; '
+                       f'}}; {argv[2]}')
+            open(log, 'w').close()
+            subprocess.run([*shell, '-c', counted, *argv[3:]], check=True)
+            self.assertEqual(b'INT\n', proc.stdout.readline())
+            with open(log) as f:
+                self.assertEqual(1, len(f.readlines()), shell)
+
     def test_an_orphaned_command_is_hung_up_on(self) -> None:
         # The login shell's parent going away (sshd, when the connection
         # drops) is what the watcher looks for: here the parent is a
@@ -178,5 +202,6 @@ class TestScripts(testtools.TestCase):
         except OSError:
             pass
         proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
