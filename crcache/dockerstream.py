@@ -108,11 +108,17 @@ def start(docker_host: str, api_version: str, exec_id: str, tty: bool,
 
 
 class _Frames:
-    """Reads multiplexed frames (or raw bytes, with a tty) off a socket."""
+    """Reads multiplexed frames (or raw bytes, with a tty) off a socket.
 
-    def __init__(self, sock: socket.socket, early: bytes) -> None:
+    stderr goes through ``report``, if given, which takes the line of
+    :mod:`crcache.remotegroup`'s wrapper out.
+    """
+
+    def __init__(self, sock: socket.socket, early: bytes,
+                 report: Any = None) -> None:
         self.sock = sock
         self.buffer = bytearray(early)
+        self.report = report
 
     def _fill(self, size: int) -> bool:
         while len(self.buffer) < size:
@@ -129,7 +135,15 @@ class _Frames:
             while chunk := self.sock.recv(CHUNK):
                 fdio.write_all(stdout, chunk)
             return
+        try:
+            self._demultiplex(stdout, stderr)
+        finally:
+            if self.report is not None:
+                fdio.write_all(stderr, self.report.flush())
+
+    def _demultiplex(self, stdout: int, stderr: int) -> None:
         targets = {1: stdout, 2: stderr}
+        report = self.report
         while self._fill(8):
             stream = self.buffer[0]
             size = int.from_bytes(self.buffer[4:8], 'big')
@@ -140,19 +154,25 @@ class _Frames:
                     return
                 piece = min(size, len(self.buffer))
                 target = targets.get(stream)
-                if target is not None:
+                if stream == 2 and report is not None and not report.done:
+                    fdio.write_all(target,
+                                   report.feed(bytes(self.buffer[:piece])))
+                elif target is not None:
                     fdio.write_all(target, memoryview(self.buffer)[:piece])
                 del self.buffer[:piece]
                 size -= piece
 
 
 def pump(sock: socket.socket, early: bytes, stdin: int, stdout: int,
-         stderr: int, tty: bool) -> None:
-    """Move bytes until the exec's output ends; stdin EOF is passed on."""
+         stderr: int, tty: bool, report: Any = None) -> None:
+    """Move bytes until the exec's output ends; stdin EOF is passed on.
+
+    ``report``: see :class:`_Frames`.
+    """
     feeder = fdio.Feeder(stdin, sock.sendall,
                          lambda: sock.shutdown(socket.SHUT_WR))
     try:
-        _Frames(sock, early).copy(stdout, stderr, tty)
+        _Frames(sock, early, report).copy(stdout, stderr, tty)
     except BrokenPipeError:
         pass  # nobody reads our output any more
     finally:

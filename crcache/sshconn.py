@@ -16,6 +16,8 @@ What differs from paramiko's defaults, and why:
 * ``exit-signal`` is understood: paramiko ignores it, so a remote command
   killed by a signal would report -1; crcache reports 128+N as a shell
   does.
+* Signals do not use the ``signal`` channel request, which OpenSSH
+  refuses for root logins: see :class:`RemoteCommand`.
 * Host keys are always verified against ``known_hosts`` (the user's and
   the system's); a first-seen key is recorded only under the
   ``accept-new`` policy, and a changed key is always refused.
@@ -32,14 +34,17 @@ import os
 import signal
 import socket
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import paramiko
-from paramiko.common import cMSG_CHANNEL_REQUEST, MSG_CHANNEL_REQUEST
+from paramiko.common import MSG_CHANNEL_REQUEST
 from paramiko.message import Message
 
 from crcache import exceptions
 from crcache import fdio
+from crcache import remotegroup
 
 # paramiko's transport thread logs failures (with tracebacks) that we
 # also raise as one clear line; they reach the user only with -vv.
@@ -131,16 +136,100 @@ def resolve(settings: Any) -> Target:
 
 
 class RemoteCommand:
-    """Signals for a command running on a channel, as Popen takes them."""
+    """A command on a channel, started so that it can be signalled.
 
-    def __init__(self, chan: paramiko.Channel) -> None:
+    :meth:`exec` starts the command line through the wrapper of
+    :mod:`crcache.remotegroup`; :attr:`report` takes the wrapper's line
+    out of the channel's stderr (pass it to :func:`pump`). Signals go to
+    the command's whole process group, from a second exec channel on the
+    same connection, whatever user the server logged us in as (OpenSSH
+    honours the ``signal`` request only for privilege-separated
+    sessions, never for root). A signal that comes before the report is
+    held until it arrives. Has ``send_signal`` and ``abandon``, as
+    :class:`crcache.process.Foreground` takes them.
+    """
+
+    def __init__(self, conn: 'Connection', chan: paramiko.Channel,
+                 warn: Callable[[str], None] | None = None) -> None:
+        self.conn = conn
         self.chan = chan
+        self.warn = warn
+        self.nonce = remotegroup.new_nonce()
+        self.report = remotegroup.Report(self.nonce, self._located)
+        self.where: tuple[int, str] | None = None
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, int | None]] = []
+        self._found = threading.Event()
+
+    def exec(self, line: str) -> None:
+        """Start ``line``, run by the login shell as ``ssh host line``."""
+        self.chan.exec_command(remotegroup.ssh_line(line, self.nonce))
+
+    def _located(self, where: tuple[int, str]) -> None:
+        with self._lock:
+            self.where = where
+            pending, self._pending = self._pending, []
+        self._found.set()
+        for name, after in pending:
+            self._in_background(name, after)
 
     def send_signal(self, signum: int) -> None:
+        self.signal(signal.Signals(signum).name[3:])
+
+    def signal(self, name: str, then_kill_after: int | None = None) -> None:
+        """Send SIG``name`` to the command's group, without waiting."""
+        if name not in SIGNALS:
+            return
+        with self._lock:
+            if self.where is None:
+                self._pending.append((name, then_kill_after))
+                return
+        self._in_background(name, then_kill_after)
+
+    def _in_background(self, name: str, after: int | None) -> None:
+        threading.Thread(target=self.kill, args=(name, after),
+                         daemon=True).start()
+
+    def kill(self, name: str, then_kill_after: int | None = None) -> bool:
+        """Send SIG``name`` to the command's group and wait for that to be
+        done (and, with ``then_kill_after``, SIGKILL that many seconds
+        later); False if the command was never located or it failed."""
+        if self.where is None:
+            return False
+        line = remotegroup.kill_line(name, self.where, then_kill_after)
+        wait = self.conn.target.timeout + (then_kill_after or 0)
         try:
-            send_signal(self.chan, signal.Signals(signum).name[3:])
-        except (OSError, EOFError, paramiko.SSHException):
-            pass
+            chan = self.conn.session()
+            try:
+                chan.exec_command(line)
+                chan.status_event.wait(wait)
+            finally:
+                chan.close()
+        except (exceptions.CrcacheError, OSError, EOFError,
+                paramiko.SSHException) as err:
+            if self.warn is not None:
+                self.warn(f'could not pass SIG{name} on to the command: '
+                          f'{err}')
+            return False
+        return True
+
+    def hang_up(self, ended: threading.Event | None = None) -> None:
+        """End the command as a hang-up does: SIGHUP, then SIGKILL.
+
+        Waits for the command to be located (the channel must be pumped
+        meanwhile), unless ``ended`` is set first.
+        """
+        deadline = time.monotonic() + self.conn.target.timeout
+        while not self._found.wait(0.05):
+            if (ended is not None and ended.is_set()) \
+                    or time.monotonic() > deadline:
+                return
+        self.kill('HUP', remotegroup.HANG_UP_GRACE)
+
+    def abandon(self) -> str:
+        # Closing the connection orphans the command, which the wrapper's
+        # watcher notices.
+        return 'is hung up on as the connection closes'
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -169,17 +258,6 @@ class _Transport(paramiko.Transport):
 
     _channel_handler_table = dict(paramiko.Transport._channel_handler_table)
     _channel_handler_table[MSG_CHANNEL_REQUEST] = _handle_channel_request
-
-
-def send_signal(chan: paramiko.Channel, name: str) -> None:
-    """Ask the server to signal the channel's command (RFC 4254 6.9)."""
-    m = Message()
-    m.add_byte(cMSG_CHANNEL_REQUEST)
-    m.add_int(chan.remote_chanid)
-    m.add_string('signal')
-    m.add_boolean(False)
-    m.add_string(name)
-    chan.transport._send_user_message(m)
 
 
 class Connection:
@@ -401,19 +479,25 @@ class Connection:
             self.transport = None
 
 
-def pump(chan: paramiko.Channel, stdin: int, stdout: int,
-         stderr: int) -> int:
+def pump(chan: paramiko.Channel, stdin: int, stdout: int, stderr: int,
+         report: remotegroup.Report | None = None) -> int:
     """Move bytes between descriptors and a started channel; return status.
 
     stdin is read until EOF, which is passed on; stdout and stderr are
-    written as data arrives. Returns the exit status (128+N for a signal),
-    or 255 if the connection ended without one.
+    written as data arrives (stderr through ``report``, if given, which
+    takes the wrapper's line out). Returns the exit status (128+N for a
+    signal), or 255 if the connection ended without one.
     """
 
-    def drain(recv: Any, fd: int) -> None:
+    def drain(recv: Any, fd: int,
+              report: remotegroup.Report | None = None) -> None:
         try:
             while data := recv(RECV_CHUNK):
+                if report is not None and not report.done:
+                    data = report.feed(data)
                 fdio.write_all(fd, data)
+            if report is not None:
+                fdio.write_all(fd, report.flush())
         except (OSError, EOFError, paramiko.SSHException):
             # Nobody reads our output any more (or the connection went):
             # stop the command, as a closed pipe would.
@@ -421,8 +505,8 @@ def pump(chan: paramiko.Channel, stdin: int, stdout: int,
 
     feeder = fdio.Feeder(stdin, chan.sendall, chan.shutdown_write,
                          errors=(paramiko.SSHException,))
-    err_thread = threading.Thread(target=drain, args=(chan.recv_stderr,
-                                                      stderr), daemon=True)
+    err_thread = threading.Thread(
+        target=drain, args=(chan.recv_stderr, stderr, report), daemon=True)
     err_thread.start()
     try:
         drain(chan.recv, stdout)

@@ -41,7 +41,7 @@ from crcache import daemon
 if TYPE_CHECKING:
     from crcache.sources.ssh import Settings
 
-PROTOCOL = 2
+PROTOCOL = 3
 #: Seconds, beyond the connect timeout (which bounds opening a channel),
 #: that a holder has to start a command or answer a ping.
 REPLY_MARGIN = 5.0
@@ -79,6 +79,11 @@ class _RemoteSignals:
         name = signal_module.Signals(signum).name[3:]
         with contextlib.suppress(OSError):
             _send(self.sock, ('signal', name))
+
+    def abandon(self) -> str:
+        # Our hanging up (the socket closes as crcache ends) makes the
+        # holder hang up on the command.
+        return 'is being hung up on'
 
 
 def _connect(settings: 'Settings') -> socket.socket | None:
@@ -298,31 +303,39 @@ class Holder:
                 return
             if not daemon.only_request(client):
                 return  # it gave up on us, and runs the command itself
+            command = sshconn.RemoteCommand(
+                self.conn, chan, warn=_warner(self.settings, fds[2]))
             try:
-                chan.exec_command(line)
+                command.exec(line)
             except (exceptions.CrcacheError, Exception) as err:
                 _send(client, ('busy', str(err)))
                 return
             started = True
-            try:
+            finished = threading.Event()
+            with contextlib.suppress(OSError):
+                # Should it have given up on us, watch() hangs up on the
+                # command, which must not run on.
                 _send(client, ('started',))
-            except OSError:
-                return  # it gave up on us: the channel closes below
 
             def watch() -> None:
-                # Signals from the client; its hang-up closes the channel.
+                # Signals from the client. A client that hangs up before
+                # the command ends was killed or gave up on it: the
+                # command is hung up on, as by a closed terminal.
                 try:
                     while True:
                         message, _ = _recv(client)
                         if (isinstance(message, tuple) and len(message) == 2
                                 and message[0] == 'signal'
                                 and isinstance(message[1], str)):
-                            sshconn.send_signal(chan, message[1])
+                            command.signal(message[1])
                 except (OSError, EOFError, ValueError):
+                    if not finished.is_set():
+                        command.hang_up(finished)
                     chan.close()
 
             threading.Thread(target=watch, daemon=True).start()
-            status = sshconn.pump(chan, *fds)
+            status = sshconn.pump(chan, *fds, command.report)
+            finished.set()
             chan.close()
             _send(client, ('exit', status))
         finally:
@@ -335,6 +348,12 @@ class Holder:
                 self.active -= 1
                 if started:  # what ssh_persist counts from
                     self.last_used = time.monotonic()
+
+
+def _warner(settings: 'Settings', fd: int) -> Any:
+    """Warnings about running a command, for the client's stderr."""
+    from crcache.sources import ssh
+    return ssh._warner(settings, fd)
 
 
 def main(argv: list[str] | None = None) -> int:

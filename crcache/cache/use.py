@@ -63,8 +63,10 @@ class User:
             stdout: int = 1, stderr: int = 2) -> int:
         """Run ``argv`` on an acquired instance; return its exit status."""
         leaf, source = self.resolve(name)
-        return call(source, f'running on {name}', source.run,
-                    leaf.ref or {}, argv, stdin, stdout, stderr)
+        from crcache import process
+        with process.naming(name, argv):
+            return call(source, f'running on {name}', source.run,
+                        leaf.ref or {}, argv, stdin, stdout, stderr)
 
     def copy(self, src: str, dst: str, recursive: bool = False) -> None:
         """Copy between ``[INSTANCE:]PATH`` arguments (``cp -p`` style)."""

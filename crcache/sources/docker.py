@@ -320,9 +320,15 @@ class DockerSource(base.BackendSource):
     def run(self, ref: base.Ref, argv: list[str], stdin: int, stdout: int,
             stderr: int) -> int:
         from crcache import dockerstream
+        from crcache import remotegroup
         tty = not argv and os.isatty(stdin)
         command = (['/bin/sh', '-c', cmdline.join(argv)] if argv
                    else ['/bin/sh', '-l'] if tty else ['/bin/sh'])
+        signals = _ExecSignals(self, ref, reporting=not tty)
+        if not tty:
+            # Reports the command's process group on stderr (a terminal
+            # would show the line), for signals to reach all of it.
+            command = remotegroup.docker_argv(command, signals.nonce)
         created = None
         try:
             created = self._request(
@@ -343,12 +349,14 @@ class DockerSource(base.BackendSource):
         except (OSError, ValueError) as err:
             raise self._error(f'cannot start a command in container '
                               f"{ref.get('name')}: {_reason(err)}")
+        signals.exec_id = exec_id
         with process.foreground(process.REMOTE, ()) as job:
-            job.started(_ExecSignals(self, ref, exec_id))
+            job.started(signals)
             if tty:
                 self._interactive(exec_id, sock, early, stdin, stdout)
             else:
-                dockerstream.pump(sock, early, stdin, stdout, stderr, False)
+                dockerstream.pump(sock, early, stdin, stdout, stderr, False,
+                                  signals.report)
         result = self._request('reading the exit status', 'GET',
                                f'/exec/{exec_id}/json') or {}
         code = result.get('ExitCode')
@@ -496,28 +504,87 @@ class _ChunkReader:
 
 
 class _ExecSignals:
-    """Signals for an exec, delivered by ``kill`` run in the container."""
+    """Signals for an exec's process group, by ``kill`` in the container.
+
+    The exec runs through :mod:`crcache.remotegroup`'s wrapper, whose
+    report (taken out of stderr by :attr:`report`) says which group to
+    signal; a signal that comes before it is held until it does. An exec
+    with a terminal has no report: its process, which leads its group,
+    is found from the engine's pid for it (an engine on this machine
+    only).
+    """
 
     def __init__(self, source: DockerSource, ref: base.Ref,
-                 exec_id: str) -> None:
+                 reporting: bool) -> None:
+        from crcache import remotegroup
         self.source = source
         self.ref = ref
-        self.exec_id = exec_id
+        self.reporting = reporting
+        self.exec_id: str | None = None
+        self.nonce = remotegroup.new_nonce()
+        self.report = remotegroup.Report(self.nonce, self._located)
+        self.where: tuple[int, str] | None = None
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, int | None]] = []
+
+    def _located(self, where: tuple[int, str]) -> None:
+        with self._lock:
+            self.where = where
+            pending, self._pending = self._pending, []
+        for name, after in pending:
+            threading.Thread(target=self.kill, args=(name, after),
+                             daemon=True).start()
+
+    def _where(self) -> tuple[int, str] | None:
+        if self.where is not None or not self.exec_id:
+            return self.where
+        # Nothing reported (yet): the engine's pid for the exec, which
+        # leads its group, as the container sees it.
+        info = self.source._request('inspecting a command', 'GET',
+                                    f'/exec/{self.exec_id}/json') or {}
+        pid = _namespace_pid(info.get('Pid'))
+        return (pid, '-') if pid else None
 
     def send_signal(self, signum: int) -> None:
         import signal
-        try:
-            info = self.source.api.exec_inspect(self.exec_id)
-            pid = _namespace_pid(info.get('Pid'))
-            if not pid:
+        self.signal(signal.Signals(signum).name[3:])
+
+    def signal(self, name: str, then_kill_after: int | None = None) -> None:
+        with self._lock:
+            if (self.where is None and self.reporting
+                    and not self.report.done):
+                self._pending.append((name, then_kill_after))
                 return
-            kill = self.source.api.exec_create(
-                self.ref['id'],
-                ['kill', '-s', signal.Signals(signum).name[3:], str(pid)],
-                user='0')
-            self.source.api.exec_start(kill['Id'], detach=True)
+        threading.Thread(target=self.kill, args=(name, then_kill_after),
+                         daemon=True).start()
+
+    def kill(self, name: str, then_kill_after: int | None = None) -> bool:
+        """Run ``kill`` for the group in the container; False if it could
+        not be started (the command may have finished)."""
+        from crcache import remotegroup
+        try:
+            where = self._where()
+            if where is None:
+                return False
+            created = self.source._request(
+                'signalling a command', 'POST',
+                f"/containers/{self.ref['id']}/exec",
+                {'Cmd': remotegroup.kill_argv(name, where, then_kill_after),
+                 'User': '0'})
+            if created is None:
+                return False
+            self.source._request('signalling a command', 'POST',
+                                 f"/exec/{created['Id']}/start",
+                                 {'Detach': True, 'Tty': False})
         except Exception:
-            pass  # best effort: the command may have finished
+            return False  # best effort: the command may have finished
+        return True
+
+    def abandon(self) -> str:
+        from crcache import remotegroup
+        if self.kill('HUP', remotegroup.HANG_UP_GRACE):
+            return 'is being hung up on'
+        return 'may still be running'
 
 
 def _namespace_pid(host_pid: int | None) -> int | None:

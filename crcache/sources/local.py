@@ -1,8 +1,9 @@
 """The ``local`` source type: this machine.
 
 An instance is a claim on the machine crcache runs on: commands run through
-``/bin/sh -c`` in the caller's working directory and environment, and files
-are copied directly. There is one instance unless ``maximum`` says more.
+``/bin/sh -c`` in the caller's working directory and environment (signals
+reach them as :mod:`crcache.process` says), and files are copied
+directly. There is one instance unless ``maximum`` says more.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable
 
 from oslo_config import cfg
 
@@ -190,11 +191,13 @@ class SshSource(base.BackendSource):
         from crcache import sshconn
         conn = sshconn.Connection(sshconn.resolve(settings)).open()
         try:
-            chan = conn.session()
+            command = sshconn.RemoteCommand(
+                conn, conn.session(), warn=_warner(settings, stderr))
             with process.foreground(process.REMOTE, ()) as job:
-                chan.exec_command(line)
-                job.started(sshconn.RemoteCommand(chan))
-                status = sshconn.pump(chan, stdin, stdout, stderr)
+                command.exec(line)
+                job.started(command)
+                status = sshconn.pump(command.chan, stdin, stdout, stderr,
+                                      command.report)
         finally:
             conn.close()
         if self.persist:
@@ -233,6 +236,21 @@ class SshSource(base.BackendSource):
             if saved is not None:
                 termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
             conn.close()
+
+
+def _warner(settings: Settings, fd: int) -> Callable[[str], None]:
+    """A one-line warning about ``settings``' host, written to ``fd``."""
+
+    def warn(message: str) -> None:
+        from crcache import fdio
+        line = (f"crcache: source '{settings.source}': {settings.label}: "
+                f'{message}\n')
+        try:
+            fdio.write_all(fd, line.encode(errors='replace'))
+        except OSError:
+            pass
+
+    return warn
 
 
 def list_opts() -> list[tuple[str | None, list]]:

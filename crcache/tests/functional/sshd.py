@@ -3,13 +3,11 @@
 Each fixture has its own throwaway host key, client key, authorized_keys
 and known_hosts in a temporary directory, runs ``/usr/sbin/sshd -D -e``
 in the foreground and stops it by pid. Nothing touches the real
-``~/.ssh``.
-
-Run as root, the server logs in as the user ``crcache-test`` when it
-exists (``.ci/run`` creates it): root's login shell here sources a
-``.bashrc`` that costs about 100 ms per command. Otherwise, or when
-``CRCACHE_TEST_SSH_USER`` names another, it logs in as that user, or as
-whoever runs the tests.
+``~/.ssh``, and no account has to be prepared: the server logs in as
+whoever runs the tests (as ``CRCACHE_TEST_SSH_USER`` if set), through
+that user's own login shell and rc files (root's bash sources
+``~/.bashrc``), or as a ``user`` a test makes itself (see
+:class:`LoginUser`).
 """
 
 from __future__ import annotations
@@ -17,31 +15,73 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
-import pwd
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+import uuid
 
 import fixtures
 
 SSHD = '/usr/sbin/sshd'
-TEST_USER = 'crcache-test'
 
 
 def login_user() -> str:
-    """The account the test servers accept logins for."""
-    explicit = os.environ.get('CRCACHE_TEST_SSH_USER')
-    if explicit:
-        return explicit
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam(TEST_USER)
-            return TEST_USER
-        except KeyError:
-            pass
-    return getpass.getuser()
+    """The account the test servers accept logins for by default."""
+    return os.environ.get('CRCACHE_TEST_SSH_USER') or getpass.getuser()
+
+
+class LoginUser(fixtures.Fixture):
+    """An unprivileged account with ``shell`` to log in as, when root.
+
+    Made with ``useradd`` (a home of its own, password ``*``: no password
+    login, but not a locked account, which sshd refuses without PAM) and
+    removed afterwards. Not root, it is whoever runs the tests: ``name``
+    is the account to log in as either way, ``made`` says which.
+    """
+
+    def __init__(self, shell: str = '/bin/sh') -> None:
+        super().__init__()
+        self.shell = shell
+
+    def _setUp(self) -> None:
+        self.made = os.geteuid() == 0
+        if not self.made:
+            self.name = getpass.getuser()
+            return
+        self.name = f'crct{uuid.uuid4().hex[:10]}'
+        parent = tempfile.mkdtemp(prefix='crcache-login.')
+        os.chmod(parent, 0o755)
+        self.addCleanup(subprocess.run, ['rm', '-rf', parent])
+        self.home = os.path.join(parent, self.name)
+        _retry(['useradd', '--create-home', '--home-dir', self.home,
+                '--shell', self.shell, '--password', '*', '--user-group',
+                '--comment', 'crcache test login', self.name],
+               f'useradd {self.name}')
+        self.addCleanup(self._remove)
+
+    def _remove(self) -> None:
+        # Whatever the tests left running as the user would stop userdel
+        # (and would be a test's failure to clean up, reported there).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            proc = subprocess.run(['userdel', self.name],
+                                  capture_output=True)
+            if proc.returncode in (0, 6):  # done, or no such user
+                return
+            time.sleep(0.1)
+
+
+def _retry(argv: list[str], what: str) -> None:
+    """Run ``argv`` until it succeeds (other tests may hold the passwd
+    lock)."""
+    for attempt in range(100):
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode == 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f'{what} failed: {proc.stderr.strip()}')
 
 
 def free_port() -> int:
@@ -68,18 +108,20 @@ def alive(pid: int) -> bool:
 
 
 class SSHServer(fixtures.Fixture):
-    """An sshd on 127.0.0.1:<port> accepting ``client_key`` for ``user``."""
+    """An sshd on 127.0.0.1:<port> accepting ``client_key`` for ``user``
+    (by default :func:`login_user`)."""
 
-    def __init__(self, extra_config: str = '') -> None:
+    def __init__(self, extra_config: str = '',
+                 user: str | None = None) -> None:
         super().__init__()
         self.extra_config = extra_config
+        self.user = user or login_user()
 
     def _setUp(self) -> None:
         self.dir = tempfile.mkdtemp(prefix='crcache-sshd.')
         self.addCleanup(subprocess.run, ['rm', '-rf', self.dir])
         # The login user reads authorized_keys from here.
         os.chmod(self.dir, 0o755)
-        self.user = login_user()
         self.host_key = os.path.join(self.dir, 'host_ed25519')
         self.host_public = keygen(self.host_key)
         self.client_key = os.path.join(self.dir, 'client_ed25519')

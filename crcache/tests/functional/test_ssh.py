@@ -42,16 +42,24 @@ class SSHTestCase(base.CLITestCase):
 
     #: Extra source.conf keys for the source ``host``.
     source_overrides: dict[str, object] = {}
+    #: Log in as an unprivileged user with this login shell (made for
+    #: the test when running as root) instead of as ourselves.
+    login_shell: str | None = None
 
     def setUp(self) -> None:
         super().setUp()
         base.require_program(self, sshd.SSHD, 'openssh-server')
+        user = None
+        if self.login_shell:
+            # Made first, so it is removed after the server has stopped
+            # and nothing runs as it any more.
+            user = self.useFixture(sshd.LoginUser(self.login_shell)).name
         self.runtime = os.path.join(self.home, 'run')
         os.mkdir(self.runtime, 0o700)
         self.env['XDG_RUNTIME_DIR'] = self.runtime
         self.addCleanup(self._stop_helpers)
         self.known_hosts = os.path.join(self.home, 'known_hosts')
-        self.server = self.useFixture(sshd.SSHServer())
+        self.server = self.useFixture(sshd.SSHServer(user=user))
         self.write_known_hosts(self.server)
         self.write_source('host', **self.server.source_keys(
             self.known_hosts, **self.source_overrides))
@@ -161,6 +169,17 @@ class RunMixin:
     def test_signal_death_is_128_plus_n(self) -> None:
         self.run_on(self.name, 'kill -KILL $$', expect=137)
         self.run_on(self.name, 'kill -TERM $$', expect=143)
+
+    def test_the_login_shell_runs_the_line(self) -> None:
+        # As "ssh host LINE" does: rc files, bash-isms and all.
+        import pwd
+        shell = pwd.getpwnam(self.server.user).pw_shell
+        result = self.run_on(self.name, 'echo "$0"; echo "$(( 6 * 7 ))"')
+        self.assertEqual(f'{os.path.basename(shell)}\n42\n', result.stdout)
+        self.assertEqual('', result.stderr)
+        if os.path.basename(shell) == 'bash':
+            result = self.run_on(self.name, '[[ a == a ]] && echo "${0^^}"')
+            self.assertEqual('BASH\n', result.stdout)
 
     def test_binary_stdin_and_stdout(self) -> None:
         data = os.urandom(64 << 20) + bytes(range(256))
