@@ -8,7 +8,6 @@ latency is part of the product).
 
 from __future__ import annotations
 
-import os
 import sys
 
 
@@ -20,24 +19,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(f'crcache {version.version_string()}\n')
         status = 0
     else:
-        from crcache import agentclient
+        from crcache.daemons import client as agentclient
         status = agentclient.run(argv)
         if status is None:
             import gc
             gc.disable()  # a short-lived process; collection is waste
             from crcache import app
             status = app.run(argv)
-    _exit(status)
+    from crcache import finish
+    finish.finish(status)
     return status
 
-
-def _exit(status: int) -> None:
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BrokenPipeError:
-        status = status or 141
-    logging = sys.modules.get('logging')
-    if logging is not None:  # never imported just to be shut down
-        logging.shutdown()
-    os._exit(status if isinstance(status, int) else 1)

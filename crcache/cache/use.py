@@ -63,7 +63,7 @@ class User:
             stdout: int = 1, stderr: int = 2) -> int:
         """Run ``argv`` on an acquired instance; return its exit status."""
         leaf, source = self.resolve(name)
-        from crcache import process
+        from crcache.transport import process
         with process.naming(name, argv):
             return call(source, f'running on {name}', source.run,
                         leaf.ref or {}, argv, stdin, stdout, stderr)

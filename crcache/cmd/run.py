@@ -6,7 +6,7 @@ import argparse
 import logging
 import shlex
 
-from crcache import cmdline
+from crcache.transport import cmdline
 from crcache import exceptions
 from crcache.cmd import base
 

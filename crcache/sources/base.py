@@ -74,12 +74,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import os
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from crcache import exceptions
+from crcache.transport import runner
 
 #: The version of the contract this module describes. It changes only
 #: when a driver written for the previous version could misbehave: a new
@@ -91,7 +91,7 @@ from crcache import exceptions
 #: with the plugin's message).
 API_VERSION = 1
 
-Ref = dict[str, Any]
+Ref = runner.Ref
 """A backend's reference to one resource; stored as JSON by the cache.
 
 Whatever :meth:`BackendSource.provision` returned for an instance, handed
@@ -117,6 +117,11 @@ class Source(abc.ABC):
     #: The ``maximum`` used when ``source.conf`` leaves it unset: 1 for a
     #: type whose instances are one machine, 0 (no limit) otherwise.
     default_maximum: ClassVar[int] = 0
+    #: Modules the type's commands import when they first need them (its
+    #: library, its connection code): the crcache agent imports them once,
+    #: so that commands through it find them loaded. Names only; nothing
+    #: is imported at start-up for them.
+    warm_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, conf: Any,
                  get_source: Callable[[str], 'Source']) -> None:
@@ -336,7 +341,7 @@ class BackendSource(Source):
 
         :param ref: the instance's reference.
         :param argv: a non-empty ``argv`` becomes one shell command line
-            with :func:`crcache.cmdline.join` (to be
+            with :func:`crcache.transport.cmdline.join` (to be
             ``crcache.transport.cmdline.join``), run by a POSIX shell on
             the resource (``sh -c LINE``, or the login shell as ``ssh
             host LINE`` does): one word passes unchanged, several are
@@ -473,7 +478,7 @@ class BackendSource(Source):
         backend that can run commands can copy; override it where the
         backend has something faster, with the same results.
         """
-        from crcache import tarcopy
+        from crcache.transport import tarcopy
         tarcopy.copy_in(self, ref, src, dst, recursive)
 
     def copy_out(self, ref: Ref, src: str, dst: str,
@@ -498,7 +503,7 @@ class BackendSource(Source):
         member that would land outside ``dst``; an override must extract
         through the same code (or be as careful).
         """
-        from crcache import tarcopy
+        from crcache.transport import tarcopy
         tarcopy.copy_out(self, ref, src, dst, recursive)
 
     def capture(self, ref: Ref, argv: list[str],
@@ -508,48 +513,5 @@ class BackendSource(Source):
         A convenience over :meth:`run` for short commands whose output
         fits in memory.
         """
-        return capture(lambda i, o, e: self.run(ref, argv, i, o, e), input)
-
-
-def capture(run: Callable[[int, int, int], int],
-            input: bytes = b'') -> tuple[int, bytes, bytes]:
-    """Call ``run(stdin, stdout, stderr)`` with pipes; collect the output.
-
-    Readers and the writer are threads so that a command producing more
-    than a pipe buffer never deadlocks against us.
-    """
-    in_r, in_w = os.pipe()
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
-
-    def drain(fd: int) -> None:
-        while data := os.read(fd, 65536):
-            chunks[fd].append(data)
-
-    def feed() -> None:
-        try:
-            view = memoryview(input)
-            while view:
-                view = view[os.write(in_w, view):]
-        except BrokenPipeError:
-            pass
-        finally:
-            os.close(in_w)
-
-    threads = [threading.Thread(target=drain, args=(out_r,), daemon=True),
-               threading.Thread(target=drain, args=(err_r,), daemon=True),
-               threading.Thread(target=feed, daemon=True)]
-    for t in threads:
-        t.start()
-    try:
-        status = run(in_r, out_w, err_w)
-    finally:
-        for fd in (in_r, out_w, err_w):
-            os.close(fd)
-        for t in threads:
-            t.join()
-        os.close(out_r)
-        os.close(err_r)
-    return status, b''.join(chunks[out_r]), b''.join(chunks[err_r])
-
+        return runner.capture(
+            lambda i, o, e: self.run(ref, argv, i, o, e), input)

@@ -2,7 +2,7 @@
 
 An instance is a claim on the machine crcache runs on: commands run through
 ``/bin/sh -c`` in the caller's working directory and environment (signals
-reach them as :mod:`crcache.process` says), and files are copied
+reach them as :mod:`crcache.transport.process` says), and files are copied
 directly. There is one instance unless ``maximum`` says more.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 
-from crcache import cmdline
-from crcache import process
+from crcache.transport import cmdline
+from crcache.transport import process
 from crcache.sources import base
 
 
@@ -50,12 +50,12 @@ class LocalSource(base.BackendSource):
 
     def copy_in(self, ref: base.Ref, src: str, dst: str,
                 recursive: bool) -> None:
-        from crcache import localcopy
+        from crcache.transport import localcopy
         localcopy.copy(src, dst, recursive, instance_side='dst')
 
     def copy_out(self, ref: base.Ref, src: str, dst: str,
                  recursive: bool) -> None:
-        from crcache import localcopy
+        from crcache.transport import localcopy
         localcopy.copy(src, dst, recursive, instance_side='src')
 
 

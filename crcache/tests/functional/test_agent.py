@@ -12,10 +12,13 @@ import textwrap
 import threading
 import time
 
-from crcache import agentclient
-from crcache import daemon
+from crcache.daemons import client as agentclient
+from crcache.daemons import ipc as daemon
 from crcache.tests.functional import base
 from crcache.tests.functional import hostile
+
+#: How an agent's command line names it.
+AGENT = 'crcache.daemons.agent'
 
 
 def _cmdline(pid: int) -> str:
@@ -47,7 +50,7 @@ class AgentTestCase(base.CLITestCase):
         return glob.glob(os.path.join(self.runtime, 'crcache', '*.sock'))
 
     def _agent_pids(self) -> list[int]:
-        out = subprocess.run(['pgrep', '-f', f'crcache.agent {self.runtime}'],
+        out = subprocess.run(['pgrep', '-f', f'{AGENT} {self.runtime}'],
                              capture_output=True, text=True).stdout
         return [int(pid) for pid in out.split()]
 
@@ -68,7 +71,7 @@ class TestAgent(AgentTestCase):
         self.wait_for(lambda: self._sockets())
         self.assertEqual(0o700, os.stat(os.path.dirname(
             self._sockets()[0])).st_mode & 0o777)
-        self.wait_for(lambda: 'crcache.agent' in self._runner_of_command())
+        self.wait_for(lambda: AGENT in self._runner_of_command())
 
     def test_off_switch(self) -> None:
         self.env['CRCACHE_AGENT'] = '0'
@@ -99,11 +102,11 @@ class TestAgent(AgentTestCase):
         self.assertNotEqual([], self._sockets())  # left behind, stale
         self.assertIn('local', self.crcache('status').stdout)
         self.name = self.crcache('acquire').stdout.strip()
-        self.wait_for(lambda: 'crcache.agent' in self._runner_of_command())
+        self.wait_for(lambda: AGENT in self._runner_of_command())
 
     def test_environment_directory_and_umask_follow_the_client(self) -> None:
         self.name = self.crcache('acquire').stdout.strip()
-        self.wait_for(lambda: 'crcache.agent' in self._runner_of_command())
+        self.wait_for(lambda: AGENT in self._runner_of_command())
         sub = os.path.join(self.project, 'sub')
         os.mkdir(sub)
         old = os.umask(0o027)
@@ -116,19 +119,19 @@ class TestAgent(AgentTestCase):
 
     def test_killed_client_takes_its_worker_along(self) -> None:
         self.name = self.crcache('acquire').stdout.strip()
-        self.wait_for(lambda: 'crcache.agent' in self._runner_of_command())
+        self.wait_for(lambda: AGENT in self._runner_of_command())
         proc = self.start('run', self.name, 'echo $PPID; exec sleep 20')
         worker = int(proc.stdout.readline())
-        self.assertIn('crcache.agent', _cmdline(worker))
+        self.assertIn(AGENT, _cmdline(worker))
         proc.kill()
         proc.wait()
         self.wait_for(lambda: not _alive(worker))
         # The agent itself carries on.
-        self.assertIn('crcache.agent', self._runner_of_command())
+        self.assertIn(AGENT, self._runner_of_command())
 
     def test_worker_killed_by_signal_kills_the_client_alike(self) -> None:
         self.name = self.crcache('acquire').stdout.strip()
-        self.wait_for(lambda: 'crcache.agent' in self._runner_of_command())
+        self.wait_for(lambda: AGENT in self._runner_of_command())
         proc = self.start('run', self.name, 'echo $PPID; exec sleep 20')
         worker = int(proc.stdout.readline())
         os.kill(worker, signal.SIGKILL)
@@ -152,7 +155,7 @@ class TestSameAsDirect(AgentTestCase):
             def take_action(self, parsed_args):
                 with open(f'/proc/{os.getppid()}/cmdline', 'rb') as f:
                     parent = f.read().replace(b'\\0', b' ').decode()
-                runner = 'agent' if 'crcache.agent' in parent else 'direct'
+                runner = 'agent' if 'daemons.agent' in parent else 'direct'
                 self.app.stdout.write(f'{VERSION} {runner}\\n')
     ''')
 
@@ -240,14 +243,14 @@ class TestAgentProtocol(AgentTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.name = self.crcache('acquire').stdout.strip()
-        self.wait_for(lambda: 'crcache.agent' in self._runner_of_command())
+        self.wait_for(lambda: AGENT in self._runner_of_command())
         [self.socket] = self._sockets()
         [self.agent] = self._agent_pids()
 
     def _prompt(self) -> None:
         # Commands go through the agent and return promptly.
         started = time.monotonic()
-        self.assertIn('crcache.agent',
+        self.assertIn(AGENT,
                       self.crcache('run', self.name,
                                    'cat /proc/$PPID/cmdline | tr "\\0" " "',
                                    timeout=10).stdout)

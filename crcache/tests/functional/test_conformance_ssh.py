@@ -46,8 +46,8 @@ class SSHConformance(testing.SourceConformance):
 
     def _stop_helpers(self) -> None:
         runtime = self.world.runtime_dir
-        for pattern in (f'crcache.agent {runtime}/',
-                        f'crcache.sshholder {runtime}/'):
+        for pattern in (f'crcache.daemons.agent {runtime}/',
+                        f'crcache.sources.ssh.holder {runtime}/'):
             out = subprocess.run(['pgrep', '-f', pattern],
                                  capture_output=True, text=True).stdout
             for pid in out.split():

@@ -27,12 +27,12 @@ import uuid
 
 from crcache.tests.functional import base
 from crcache.tests.functional import sshd
-from crcache.tests.unit.test_tarcopy import archive
-from crcache.tests.unit.test_tarcopy import directory
-from crcache.tests.unit.test_tarcopy import escape
-from crcache.tests.unit.test_tarcopy import file
-from crcache.tests.unit.test_tarcopy import hardlink
-from crcache.tests.unit.test_tarcopy import symlink
+from crcache.tests.unit.transport.test_tarcopy import archive
+from crcache.tests.unit.transport.test_tarcopy import directory
+from crcache.tests.unit.transport.test_tarcopy import escape
+from crcache.tests.unit.transport.test_tarcopy import file
+from crcache.tests.unit.transport.test_tarcopy import hardlink
+from crcache.tests.unit.transport.test_tarcopy import symlink
 
 FAKE_TAR = '''#!/bin/sh
 # tar on the test's instance: archives come from the test.

@@ -40,7 +40,7 @@ class TestPlantedSockets(SSHTestCase):
             glob.glob(f'{own}/agent-*.sock')[0])
         self.holder_name = os.path.basename(self.holder_sockets()[0])
         self._stop_helpers()
-        self.wait_for(lambda: not self._pids(f'crcache.agent {own}')
+        self.wait_for(lambda: not self._pids(f'crcache.daemons.agent {own}')
                       and not self.holder_pids(), what='them to stop')
         shutil.rmtree(own)
         self.log = os.path.join(self.home, 'planted.log')
@@ -85,8 +85,9 @@ class TestPlantedSockets(SSHTestCase):
                 and os.path.exists(
                     os.path.join(self.fallback, self.holder_name)),
                 what='sockets in the fallback directory')
-        self.assertTrue(self._pids(f'crcache.agent {self.fallback}'))
-        self.assertTrue(self._pids(f'crcache.sshholder {self.fallback}'))
+        self.assertTrue(self._pids(f'crcache.daemons.agent {self.fallback}'))
+        self.assertTrue(self._pids(
+            f'crcache.sources.ssh.holder {self.fallback}'))
 
     # -- no second user needed ------------------------------------------------
 
@@ -169,7 +170,7 @@ class TestPlantedSockets(SSHTestCase):
         self.wait_for(lambda: all(self._inode(p) not in (None, *inodes)
                                   for p in listener.paths),
                       what='the planted sockets to be replaced')
-        self.wait_for(lambda: self._pids(f'crcache.agent {own}')
+        self.wait_for(lambda: self._pids(f'crcache.daemons.agent {own}')
                       and self.holder_pids(), what='agent and holder')
         # ... and serve the next commands, with nothing more to say.
         self.assertEqual(('ok\n', ''), self._echo())
@@ -199,7 +200,7 @@ class TestPlantedSockets(SSHTestCase):
         self.wait_for(lambda: all(self._owner(p) == os.geteuid()
                                   for p in listener.paths),
                       what='the planted sockets to be replaced')
-        self.wait_for(lambda: self._pids(f'crcache.agent {own}')
+        self.wait_for(lambda: self._pids(f'crcache.daemons.agent {own}')
                       and self.holder_pids(), what='agent and holder')
         self.assertEqual(('ok\n', ''), self._echo())
         self.assertEqual([], listener.events())

@@ -79,16 +79,16 @@ class SSHTestCase(base.CLITestCase):
         return [int(pid) for pid in out.split() if sshd.alive(int(pid))]
 
     def holder_pids(self) -> list[int]:
-        return self._pids(f'crcache.sshholder {self.runtime}/')
+        return self._pids(f'crcache.sources.ssh.holder {self.runtime}/')
 
     def holder_sockets(self) -> list[str]:
-        from crcache import sshholder
+        from crcache.sources.ssh import holder as sshholder
         return glob.glob(os.path.join(self.runtime, 'crcache',
                                       f'ssh{sshholder.PROTOCOL}-*.sock'))
 
     def _stop_helpers(self) -> None:
         # The agent and the holders this test's commands left behind.
-        for pid in (self._pids(f'crcache.agent {self.runtime}')
+        for pid in (self._pids(f'crcache.daemons.agent {self.runtime}')
                     + self.holder_pids()):
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -642,7 +642,7 @@ class TestConnectionHolder(SSHTestCase):
         _, path, pid = self._one_holder()
         with open(f'/proc/{pid}/cmdline', 'rb') as f:
             argv = f.read().decode().split('\0')[:-1]
-        self.assertEqual(['-m', 'crcache.sshholder', path, '37.0'],
+        self.assertEqual(['-m', 'crcache.sources.ssh.holder', path, '37.0'],
                          argv[1:], argv)
         words = ' '.join(argv)
         for secret in (self.server.client_key, self.known_hosts,
@@ -705,7 +705,7 @@ class TestConnectionHolder(SSHTestCase):
             self.assertEqual('once\n', f.read())
 
     def test_malformed_requests_are_refused_and_leak_nothing(self) -> None:
-        from crcache import daemon
+        from crcache.daemons import ipc as daemon
         name, path, pid = self._one_holder()
         marker = os.path.join(self.home, 'ran')
         exec_it = ('exec', f'touch {marker}')

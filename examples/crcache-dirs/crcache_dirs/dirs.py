@@ -31,7 +31,7 @@ from typing import Any
 
 from oslo_config import cfg
 
-from crcache import cmdline
+from crcache.transport import cmdline
 from crcache import exceptions
 from crcache.sources import base
 

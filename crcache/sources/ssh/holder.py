@@ -15,7 +15,7 @@ holder (stale socket) just means the next command connects directly.
 The socket's name is derived from everything that decides how the host
 is reached and trusted, so a changed ``source.conf`` gets a new holder.
 
-A holder is as careful as the agent (see :mod:`crcache.daemon`): a
+A holder is as careful as the agent (see :mod:`crcache.daemons.ipc`): a
 command is handed only to a holder that provably runs as the same user
 (a socket that is not is ignored, saying so, and the command connects
 directly); the settings (host, port, user, key, known_hosts) reach it on
@@ -36,10 +36,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from crcache import daemon
+from crcache.daemons import ipc as daemon
 
 if TYPE_CHECKING:
-    from crcache.sources.ssh import Settings
+    from crcache.sources.ssh.settings import Settings
 
 PROTOCOL = 3
 #: Seconds, beyond the connect timeout (which bounds opening a channel),
@@ -114,7 +114,7 @@ def run(settings: 'Settings', line: str, stdin: int, stdout: int,
     if sock is None:
         return None
     from crcache import exceptions
-    from crcache import process
+    from crcache.transport import process
     # Opening a channel is bounded by the connect timeout.
     ready_within = settings.timeout + REPLY_MARGIN
     try:
@@ -192,7 +192,7 @@ def spawn(settings: 'Settings', persist: float) -> None:
     path = socket_path(settings)
     if path is None:
         return
-    daemon.spawn(path, 'crcache.sshholder', str(persist),
+    daemon.spawn(path, 'crcache.sources.ssh.holder', str(persist),
                  stdin=settings.to_json().encode())
 
 
@@ -221,7 +221,7 @@ class Holder:
         return True
 
     def serve(self) -> None:
-        from crcache import sshconn
+        from crcache.sources.ssh import connection as sshconn
         self.conn = sshconn.Connection(sshconn.resolve(self.settings))
         try:
             self.conn.open()
@@ -282,7 +282,7 @@ class Holder:
         """Open a channel, say "ready", take the client's descriptors,
         start ``line`` and move its bytes until it ends."""
         from crcache import exceptions
-        from crcache import sshconn
+        from crcache.sources.ssh import connection as sshconn
         fds: list[int] = []
         chan = None
         started = False
@@ -352,22 +352,22 @@ class Holder:
 
 def _warner(settings: 'Settings', fd: int) -> Any:
     """Warnings about running a command, for the client's stderr."""
-    from crcache.sources import ssh
-    return ssh._warner(settings, fd)
+    from crcache.sources.ssh import settings as ssh_settings
+    return ssh_settings.warner(settings, fd)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m crcache.sshholder SOCKET PERSIST``, the settings as JSON
-    on stdin (see :func:`spawn`)."""
+    """``python -m crcache.sources.ssh.holder SOCKET PERSIST``, the
+    settings as JSON on stdin (see :func:`spawn`)."""
     argv = sys.argv[1:] if argv is None else argv
-    from crcache.sources import ssh
+    from crcache.sources.ssh.settings import Settings
     if len(argv) != 2:
-        sys.stderr.write('usage: python -m crcache.sshholder SOCKET PERSIST '
-                         '< SETTINGS_JSON\n')
+        sys.stderr.write('usage: python -m crcache.sources.ssh.holder '
+                         'SOCKET PERSIST < SETTINGS_JSON\n')
         return 2
     path, persist = argv
     try:
-        settings = ssh.Settings.from_json(daemon.read_stdin().decode())
+        settings = Settings.from_json(daemon.read_stdin().decode())
     except (OSError, ValueError, TypeError) as err:
         sys.stderr.write(f'crcache ssh holder {path}: no usable settings on '
                          f'stdin: {err}\n')

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from crcache import exceptions
-from crcache import fdio
+from crcache.transport import fdio
 
 CHUNK = fdio.CHUNK
 
@@ -111,7 +111,7 @@ class _Frames:
     """Reads multiplexed frames (or raw bytes, with a tty) off a socket.
 
     stderr goes through ``report``, if given, which takes the line of
-    :mod:`crcache.remotegroup`'s wrapper out.
+    :mod:`crcache.transport.remotegroup`'s wrapper out.
     """
 
     def __init__(self, sock: socket.socket, early: bytes,

@@ -1,7 +1,8 @@
 """One verified, fast paramiko connection to one ssh host.
 
 Used by the ssh source directly and by the connection holder
-(:mod:`crcache.sshholder`). Everything paramiko raises is turned into a
+(:mod:`crcache.sources.ssh.holder`). Everything paramiko raises is turned
+into a
 one-line :class:`~crcache.exceptions.SourceError` naming the source, the
 host and port, and the cause.
 
@@ -43,8 +44,8 @@ from paramiko.common import MSG_CHANNEL_REQUEST
 from paramiko.message import Message
 
 from crcache import exceptions
-from crcache import fdio
-from crcache import remotegroup
+from crcache.transport import fdio
+from crcache.transport import remotegroup
 
 # paramiko's transport thread logs failures (with tracebacks) that we
 # also raise as one clear line; they reach the user only with -vv.
@@ -139,14 +140,15 @@ class RemoteCommand:
     """A command on a channel, started so that it can be signalled.
 
     :meth:`exec` starts the command line through the wrapper of
-    :mod:`crcache.remotegroup`; :attr:`report` takes the wrapper's line
+    :mod:`crcache.transport.remotegroup`; :attr:`report` takes the
+    wrapper's line
     out of the channel's stderr (pass it to :func:`pump`). Signals go to
     the command's whole process group, from a second exec channel on the
     same connection, whatever user the server logged us in as (OpenSSH
     honours the ``signal`` request only for privilege-separated
     sessions, never for root). A signal that comes before the report is
     held until it arrives. Has ``send_signal`` and ``abandon``, as
-    :class:`crcache.process.Foreground` takes them.
+    :class:`crcache.transport.process.Foreground` takes them.
     """
 
     def __init__(self, conn: 'Connection', chan: paramiko.Channel,

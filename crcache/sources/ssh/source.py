@@ -4,80 +4,36 @@ One instance per source: the host. Commands run through the remote user's
 shell, as ``ssh host command`` does; files are copied with tar streamed
 over an exec channel (measured faster than paramiko's SFTP). Host keys are
 always verified. After a command, a connection holder
-(:mod:`crcache.sshholder`) keeps the connection open for ``ssh_persist``
-seconds, so later commands skip the connection set-up entirely and never
-import paramiko.
+(:mod:`crcache.sources.ssh.holder`) keeps the connection open for
+``ssh_persist`` seconds, so later commands skip the connection set-up
+entirely and never import paramiko.
 
-This module imports neither paramiko nor :mod:`crcache.sshconn` until a
-connection is actually needed.
+This module imports neither paramiko nor
+:mod:`crcache.sources.ssh.connection` until a connection is actually
+needed.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import os
-from collections.abc import Callable
 
 from oslo_config import cfg
 
-from crcache import cmdline
-from crcache import process
 from crcache.sources import base
+from crcache.sources.ssh.settings import Settings, stamp, warner
+from crcache.transport import cmdline
+from crcache.transport import process
 
 POLICIES = ('reject', 'accept-new')
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """A source's ssh keys as configured, before ~/.ssh/config applies.
-
-    Everything here decides how the host is reached and trusted, so it
-    also names the connection holder: change any of it (or edit
-    ~/.ssh/config) and the next command gets a fresh connection.
-    """
-
-    source: str
-    host: str
-    port: int | None
-    user: str | None
-    key: str | None
-    known_hosts: str
-    policy: str
-    timeout: float
-    ssh_config: str
-    ssh_config_stamp: str
-
-    @property
-    def label(self) -> str:
-        user = f'{self.user}@' if self.user else ''
-        return f'{user}{self.host}:{self.port or 22}'
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> 'Settings':
-        return cls(**json.loads(text))
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
-
-
-def _stamp(path: str) -> str:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return 'absent'
-    return f'{st.st_mtime_ns}:{st.st_size}:{st.st_ino}'
 
 
 class SshSource(base.BackendSource):
     """An existing host, reached with paramiko and verified known_hosts."""
 
     default_maximum = 1
+    warm_modules = ('crcache.sources.ssh.holder',
+                    'crcache.sources.ssh.connection', 'paramiko',
+                    'paramiko.config')
     opts = [
         cfg.StrOpt(
             'ssh_host',
@@ -147,7 +103,7 @@ class SshSource(base.BackendSource):
             policy=conf.ssh_host_key_policy,
             timeout=conf.ssh_connect_timeout,
             ssh_config=ssh_config,
-            ssh_config_stamp=_stamp(ssh_config),
+            ssh_config_stamp=stamp(ssh_config),
         )
 
     @property
@@ -178,7 +134,7 @@ class SshSource(base.BackendSource):
         line = cmdline.join(argv)
         settings = self.settings()
         if self.persist:
-            from crcache import sshholder
+            from crcache.sources.ssh import holder as sshholder
             status = sshholder.run(settings, line, stdin, stdout, stderr)
             if status is not None:
                 return status
@@ -188,11 +144,11 @@ class SshSource(base.BackendSource):
 
     def _run_direct(self, settings: Settings, line: str, stdin: int,
                     stdout: int, stderr: int) -> int:
-        from crcache import sshconn
+        from crcache.sources.ssh import connection as sshconn
         conn = sshconn.Connection(sshconn.resolve(settings)).open()
         try:
             command = sshconn.RemoteCommand(
-                conn, conn.session(), warn=_warner(settings, stderr))
+                conn, conn.session(), warn=warner(settings, stderr))
             with process.foreground(process.REMOTE, ()) as job:
                 command.exec(line)
                 job.started(command)
@@ -201,7 +157,7 @@ class SshSource(base.BackendSource):
         finally:
             conn.close()
         if self.persist:
-            from crcache import sshholder
+            from crcache.sources.ssh import holder as sshholder
             sshholder.spawn(settings, self.persist)
         return status
 
@@ -211,7 +167,7 @@ class SshSource(base.BackendSource):
         import termios
         import tty
 
-        from crcache import sshconn
+        from crcache.sources.ssh import connection as sshconn
         conn = sshconn.Connection(sshconn.resolve(self.settings())).open()
         saved = None
         try:
@@ -236,21 +192,6 @@ class SshSource(base.BackendSource):
             if saved is not None:
                 termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
             conn.close()
-
-
-def _warner(settings: Settings, fd: int) -> Callable[[str], None]:
-    """A one-line warning about ``settings``' host, written to ``fd``."""
-
-    def warn(message: str) -> None:
-        from crcache import fdio
-        line = (f"crcache: source '{settings.source}': {settings.label}: "
-                f'{message}\n')
-        try:
-            fdio.write_all(fd, line.encode(errors='replace'))
-        except OSError:
-            pass
-
-    return warn
 
 
 def list_opts() -> list[tuple[str | None, list]]:

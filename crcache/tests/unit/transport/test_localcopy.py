@@ -1,4 +1,4 @@
-"""Tests for crcache.localcopy.copy: ``cp -p`` / ``cp -rp`` on one machine."""
+"""Tests for transport.localcopy.copy: ``cp -p`` and ``cp -rp`` locally."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import fixtures
 import testtools
 
 from crcache import exceptions
-from crcache import localcopy
+from crcache.transport import localcopy
 from crcache import progress
 
 MTIME = 1_300_000_000

@@ -1,11 +1,11 @@
 """The crcache agent: a warm process that forks one worker per command.
 
-Started in the background by :mod:`crcache.agentclient` (``python -m
-crcache.agent SOCKET``), it imports everything a command may need once,
+Started in the background by :mod:`crcache.daemons.client` (``python -m
+crcache.daemons.agent SOCKET``), it imports everything a command may need once,
 then waits on a private unix socket. For each connection it checks that
 the peer is the same user before reading anything, reads the request as
 it arrives without ever waiting on one client, answers "ready", reads the
-client's descriptors (all within :data:`crcache.daemon.REQUEST_DEADLINE`
+client's descriptors (all within :data:`crcache.daemons.ipc.REQUEST_DEADLINE`
 seconds of connecting), forks, and the worker takes on the client's
 arguments, environment, working directory, umask and stdin/stdout/stderr
 (passed as descriptors) before running the command exactly as a direct
@@ -36,24 +36,22 @@ import socket
 import sys
 import time
 
-from crcache import agentclient
-from crcache import daemon
+from crcache.daemons import client as agentclient
+from crcache.daemons import ipc as daemon
 
 DEFAULT_IDLE = 120.0
-#: Modules every command may need; optional ones may be missing.
+#: crcache's own modules every command may need, and the libraries they
+#: import; what a plugin needs besides its own module, it names itself
+#: (``warm_modules``, see :func:`preload`).
 PRELOAD = (
-    'crcache.app', 'crcache.cache', 'crcache.cache.gc',
+    'crcache.app', 'crcache.api', 'crcache.cache', 'crcache.cache.gc',
     'crcache.cache.autogc', 'crcache.cache.queue', 'crcache.config',
-    'crcache.store.sqlite',
-    'crcache.tarcopy', 'crcache.localcopy', 'crcache.process',
+    'crcache.store.sqlite', 'crcache.transport.tarcopy',
+    'crcache.transport.untar', 'crcache.transport.localcopy',
+    'crcache.transport.process', 'crcache.formatters', 'crcache.progress',
     'cliff.formatters.json_format', 'cliff.formatters.yaml_format',
-    'cliff.formatters.commaseparated', 'cliff.formatters.value',
-    'crcache.formatters', 'cliff.help', 'yaml', 'subprocess', 'tarfile',
+    'cliff.help', 'cliff.complete', 'yaml', 'subprocess', 'tarfile',
     'tempfile', 'shutil', 'threading', 'getpass', 'difflib',
-    'crcache.sources.ssh', 'crcache.sshholder', 'crcache.sshconn',
-    'paramiko', 'paramiko.config',
-    'crcache.sources.docker', 'crcache.dockerstream', 'docker',
-    'docker.errors', 'requests.exceptions',
 )
 
 
@@ -65,7 +63,10 @@ PLUGIN_NAMESPACES = ('crcache.cmd', 'crcache.sources', 'crcache.stores',
 def preload() -> dict[str, tuple[int, int]]:
     """Import what workers use, including every installed plugin.
 
-    Returns the plugins' files with their modification times and sizes
+    That is crcache's own :data:`PRELOAD`, every plugin of
+    :data:`PLUGIN_NAMESPACES`, and the modules each source or store type
+    lists in its ``warm_modules``. Returns the plugins' files with their
+    modification times and sizes
     (see :func:`plugin_files`).
     """
     for name in PRELOAD:
@@ -78,6 +79,13 @@ def preload() -> dict[str, tuple[int, int]]:
             manager = extension.ExtensionManager(
                 namespace, on_load_failure_callback=lambda *a: None)
             entry_points.extend(manager.list_entry_points())
+            for ext in manager:
+                # A source or store type names the libraries its
+                # commands would import later (paramiko, the Docker SDK,
+                # psycopg): worth loading once, here.
+                for module in getattr(ext.plugin, 'warm_modules', ()):
+                    with contextlib.suppress(Exception):
+                        importlib.import_module(module)
     with contextlib.suppress(Exception):
         from crcache import version
         version.version_string()
@@ -195,7 +203,7 @@ class Agent:
     One thread, one poll loop, and nothing in it blocks on a client: a
     connection is checked (same uid) before anything is read from it,
     its request is read without blocking as it arrives, and a request
-    not complete :data:`~crcache.daemon.REQUEST_DEADLINE` seconds after
+    not complete :data:`~crcache.daemons.ipc.REQUEST_DEADLINE` seconds after
     connecting is dropped. Descriptors that came with a request that is
     dropped, for whatever reason, are closed.
     """
@@ -494,8 +502,8 @@ class Agent:
                 sys.stderr.write(f'crcache: agent worker failed: {err}\n')
             status = 1
         finally:
-            from crcache import shell
-            shell._exit(status)
+            from crcache import finish
+            finish.finish(status)
 
 
 def _follow_environment() -> None:
@@ -533,10 +541,10 @@ def _reopen_std_streams() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m crcache.agent SOCKET``."""
+    """``python -m crcache.daemons.agent SOCKET``."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        sys.stderr.write('usage: python -m crcache.agent SOCKET\n')
+        sys.stderr.write('usage: python -m crcache.daemons.agent SOCKET\n')
         return 2
     try:
         idle = float(os.environ.get(agentclient.IDLE_ENV, DEFAULT_IDLE))

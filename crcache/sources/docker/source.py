@@ -11,7 +11,7 @@ Speaks the Docker Engine API (1.41, Docker 20.10 and later) with the
 Docker SDK for Python; Podman's Docker-compatible socket speaks it too,
 though only Docker is tested. The SDK is imported only when
 a docker source is used; exec streams go over a connection of our own
-(:mod:`crcache.dockerstream`).
+(:mod:`crcache.sources.docker.engine`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from typing import Any
 
 from oslo_config import cfg
 
-from crcache import cmdline
+from crcache.transport import cmdline
 from crcache import exceptions
-from crcache import process
+from crcache.transport import process
 from crcache.sources import base
 
 #: The Engine API version spoken: Docker 20.10 and later.
@@ -55,6 +55,8 @@ def _memory_bytes(text: str) -> int:
 class DockerSource(base.BackendSource):
     """Containers from an image, on a Docker engine."""
 
+    warm_modules = ('crcache.sources.docker.engine', 'docker',
+                    'docker.errors', 'requests.exceptions')
     opts = [
         cfg.StrOpt(
             'image',
@@ -182,8 +184,8 @@ class DockerSource(base.BackendSource):
 
     def _request(self, what: str, method: str, path: str,
                  body: dict | None = None) -> Any:
-        """A hot-path API call (see crcache.dockerstream); None if 404."""
-        from crcache import dockerstream
+        """A hot-path API call (see :mod:`.engine`); None if 404."""
+        from crcache.sources.docker import engine as dockerstream
         try:
             status, data = dockerstream.request(
                 self.docker_host, method, f'/v{API_VERSION}{path}', body)
@@ -319,8 +321,8 @@ class DockerSource(base.BackendSource):
 
     def run(self, ref: base.Ref, argv: list[str], stdin: int, stdout: int,
             stderr: int) -> int:
-        from crcache import dockerstream
-        from crcache import remotegroup
+        from crcache.sources.docker import engine as dockerstream
+        from crcache.transport import remotegroup
         tty = not argv and os.isatty(stdin)
         command = (['/bin/sh', '-c', cmdline.join(argv)] if argv
                    else ['/bin/sh', '-l'] if tty else ['/bin/sh'])
@@ -371,7 +373,7 @@ class DockerSource(base.BackendSource):
         import termios
         import tty as tty_module
 
-        from crcache import dockerstream
+        from crcache.sources.docker import engine as dockerstream
 
         def resize(*args: object) -> None:
             size = os.get_terminal_size(stdin)
@@ -420,9 +422,9 @@ class DockerSource(base.BackendSource):
 
     def copy_in(self, ref: base.Ref, src: str, dst: str,
                 recursive: bool) -> None:
-        from crcache import localcopy
+        from crcache.transport import localcopy
         from crcache import progress
-        from crcache import tarcopy
+        from crcache.transport import tarcopy
         if not os.path.lexists(src):
             raise exceptions.CopyError(f'{src}: no such file or directory')
         localcopy.check_source(src, os.path.isdir(src), recursive)
@@ -451,7 +453,7 @@ class DockerSource(base.BackendSource):
         import docker.errors
 
         from crcache import progress
-        from crcache import tarcopy
+        from crcache.transport import untar
         path = self._container_path(ref, src)
         name = posixpath.basename(path.rstrip('/')) or path
         try:
@@ -474,9 +476,9 @@ class DockerSource(base.BackendSource):
             raise exceptions.InstancePathError(src,
                                                'no such file or directory')
         base_name = posixpath.basename(path.rstrip('/')) or path
-        with tarcopy.landing(dst, base_name, name) as into:
-            tarcopy.extract(_ChunkReader(chunks), into, base_name,
-                            recursive, src)
+        with untar.landing(dst, base_name, name) as into:
+            untar.extract(_ChunkReader(chunks), into, base_name, recursive,
+                          src)
 
 
 #: Go's os.ModeDir, as the engine reports modes.
@@ -506,7 +508,7 @@ class _ChunkReader:
 class _ExecSignals:
     """Signals for an exec's process group, by ``kill`` in the container.
 
-    The exec runs through :mod:`crcache.remotegroup`'s wrapper, whose
+    The exec runs through :mod:`crcache.transport.remotegroup`'s wrapper, whose
     report (taken out of stderr by :attr:`report`) says which group to
     signal; a signal that comes before it is held until it does. An exec
     with a terminal has no report: its process, which leads its group,
@@ -516,7 +518,7 @@ class _ExecSignals:
 
     def __init__(self, source: DockerSource, ref: base.Ref,
                  reporting: bool) -> None:
-        from crcache import remotegroup
+        from crcache.transport import remotegroup
         self.source = source
         self.ref = ref
         self.reporting = reporting
@@ -561,7 +563,7 @@ class _ExecSignals:
     def kill(self, name: str, then_kill_after: int | None = None) -> bool:
         """Run ``kill`` for the group in the container; False if it could
         not be started (the command may have finished)."""
-        from crcache import remotegroup
+        from crcache.transport import remotegroup
         try:
             where = self._where()
             if where is None:
@@ -581,7 +583,7 @@ class _ExecSignals:
         return True
 
     def abandon(self) -> str:
-        from crcache import remotegroup
+        from crcache.transport import remotegroup
         if self.kill('HUP', remotegroup.HANG_UP_GRACE):
             return 'is being hung up on'
         return 'may still be running'

@@ -1,4 +1,4 @@
-"""Tests for crcache.remotegroup: the wrapper, its report and the kill.
+"""Tests for transport.remotegroup: the wrapper, its report and the kill.
 
 The scripts are run by the real shells installed here (dash as /bin/sh,
 bash, busybox sh), as a login shell would run them; the report filter is
@@ -16,7 +16,7 @@ import time
 import fixtures
 import testtools
 
-from crcache import remotegroup
+from crcache.transport import remotegroup
 
 SHELLS = [['/bin/sh'], ['bash'], ['busybox', 'sh']]
 

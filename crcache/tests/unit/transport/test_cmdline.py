@@ -1,4 +1,4 @@
-"""Tests for crcache.cmdline: what a POSIX shell makes of ``join``'s line.
+"""Tests for transport.cmdline: what a POSIX shell makes of ``join``'s line.
 
 Each line is run by ``/bin/sh -c`` with a command that prints the argv it
 received one word per line (NUL-separated, so newlines in words survive),
@@ -11,7 +11,7 @@ import subprocess
 
 import testtools
 
-from crcache import cmdline
+from crcache.transport import cmdline
 
 def shell(line: str, env: dict[str, str] | None = None) -> str:
     """Run ``line`` with /bin/sh -c and return its stdout."""

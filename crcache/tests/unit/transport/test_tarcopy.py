@@ -1,4 +1,4 @@
-"""Tests for crcache.tarcopy.extract: untrusted archives from an instance.
+"""Tests for transport.untar.extract: untrusted archives from an instance.
 
 Each hostile archive is built in memory and extracted into ``dest`` inside
 a scratch directory that also holds files the archive must not touch: a
@@ -20,11 +20,11 @@ import tarfile
 import fixtures
 import testtools
 
-from crcache import cmdline
+from crcache.transport import cmdline
 from crcache import exceptions
-from crcache import process
+from crcache.transport import process
 from crcache import progress
-from crcache import tarcopy
+from crcache.transport import tarcopy
 from crcache.sources.base import BackendSource
 
 BASE = 'base'

@@ -2,7 +2,8 @@
 
 Importing cliff, stevedore and oslo.config costs about seven times the
 start-up of Python itself, on every invocation. The agent (see
-:mod:`crcache.agent`) pays that once: it stays up while it is being used
+:mod:`crcache.daemons.agent`) pays that once: it stays up while it is
+being used
 and forks a warm copy of itself for each command. This module is what
 every ``crcache`` invocation runs first; it imports nothing beyond
 builtin modules, hands the agent its arguments, environment, working
@@ -19,7 +20,7 @@ job control behave exactly as without an agent.
 The command line, environment and descriptors go only to an agent that
 provably runs as the same user: the client checks the socket's directory,
 the socket file and the listening process's uid before sending anything
-(:func:`crcache.daemon.connect`), and says so on stderr when it ignores a
+(:func:`crcache.daemons.ipc.connect`), and says so on stderr when it ignores a
 socket. An agent that does not take the request within
 :data:`ANSWER_DEADLINE` seconds is given up on, also said, and the
 command runs directly.
@@ -60,8 +61,8 @@ def enabled(env: dict | None = None) -> bool:
 
 def runtime_dir(env: dict | None = None) -> str | None:
     """The private directory that holds agent sockets (not created); see
-    :func:`crcache.daemon.runtime_dir`."""
-    from crcache import daemon
+    :func:`crcache.daemons.ipc.runtime_dir`."""
+    from crcache.daemons import ipc as daemon
     return daemon.runtime_dir(env)
 
 
@@ -133,7 +134,7 @@ def run(argv: list[str]) -> int | None:
     path = socket_path()
     if path is None or len(path.encode()) > 100:  # AF_UNIX path limit
         return None
-    from crcache import daemon
+    from crcache.daemons import ipc as daemon
     try:
         sock = daemon.connect(path)
     except daemon.Refused as why:
@@ -272,5 +273,5 @@ def _wait(sock: '_socket.socket', forwarder: _Forwarder, path: str,
 
 def spawn(path: str) -> None:
     """Start an agent for ``path`` in the background; never raises."""
-    from crcache import daemon
-    daemon.spawn(path, 'crcache.agent')
+    from crcache.daemons import ipc as daemon
+    daemon.spawn(path, 'crcache.daemons.agent')

@@ -1,0 +1,12 @@
+"""crcache's background processes, apart from the command line.
+
+* :mod:`~crcache.daemons.client`: what every ``crcache`` invocation runs
+  first (builtin modules only): hand the command to the agent;
+* :mod:`~crcache.daemons.agent`: the warm process that forks a worker
+  per command;
+* :mod:`~crcache.daemons.ipc`: what the agent and the ssh connection
+  holders share: private runtime directories, safe sockets, starting,
+  claiming and framed messages (builtin modules only).
+
+Nothing is imported here: the client's start-up is the CLI's latency.
+"""

@@ -1,0 +1,12 @@
+"""The ``ssh`` source type: existing machines reached over ssh.
+
+* :mod:`~crcache.sources.ssh.source`: the driver (``type = ssh``);
+* :mod:`~crcache.sources.ssh.settings`: what decides how a host is
+  reached and trusted;
+* :mod:`~crcache.sources.ssh.connection`: one verified paramiko
+  connection;
+* :mod:`~crcache.sources.ssh.holder`: the process that keeps a
+  connection open between commands, and its client.
+
+Nothing is imported here: the holder's client must stay light.
+"""
