@@ -13,6 +13,7 @@ from typing import Any
 
 from crcache import exceptions
 from crcache import invocation
+from crcache.cache import definitions
 from crcache.cache import records
 from crcache.cache.claims import Claim, Claimer
 from crcache.sources import base
@@ -40,6 +41,8 @@ def claim_waiting(store: Store, claimer: Claimer, progress: Any,
                                 waiter.process) is False:
                             tx.remove_waiter(waiter.id)
                     if tx.waiters(source.name)[0].id == ticket:
+                        definitions.check(tx, store, claimer.config,
+                                          source.name)
                         claims = claimer.claim(tx, source, count, holder)
                         tx.remove_waiter(ticket)
                     else:

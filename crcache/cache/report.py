@@ -18,9 +18,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from crcache.cache import kinds
+from crcache.cache.stores import Stores
 from crcache.config import Config
 from crcache.store.base import CACHED, DISCARDING, IN_USE, PROVISIONING
-from crcache.store.base import Instance, Store
+from crcache.store.base import Instance
 
 LOG = logging.getLogger(__name__)
 #: What --query available is when nothing limits it.
@@ -40,6 +41,8 @@ class SourceStatus:
     children: list[str]
     #: Why the source cannot be used (its configuration error), if so.
     error: str | None = None
+    #: The name of the store that keeps its instances (None if unknown).
+    store: str | None = None
     cached: int = 0
     in_use: int = 0
     provisioning: int = 0
@@ -67,15 +70,15 @@ def children(config: Config, name: str) -> list[str]:
     return list(pool.children) if pool is not None else []
 
 
-def status(config: Config, store: Store,
+def status(config: Config, stores: Stores,
            names: Iterable[str] | None = None) -> list[SourceStatus]:
     """Per-source counts; unknown names are an error.
 
     Without ``names``: every configured source, and every source the
-    store still has instances of.
+    stores still have instances of.
     """
-    with store.reading() as tx:
-        instances = tx.instances()
+    failures: dict[str, Exception] = {}
+    instances = every_instance(stores, failures)
     wanted = list(names) if names else None
     known = {inst.source for inst in instances}
     if wanted:
@@ -95,9 +98,12 @@ def status(config: Config, store: Store,
     for name in selected:
         if config.usable(name):
             source = config.source(name)
+            store = source.conf.store
             result[name] = SourceStatus(
                 name, source.conf.type, source.maximum, source.reserve,
-                children(config, name))
+                children(config, name), store=store,
+                error=(f"its store '{store}' cannot be used: "
+                       f'{failures[store]}' if store in failures else None))
         elif name in config.errors:
             result[name] = SourceStatus(
                 name, None, None, None, [], error=str(config.errors[name]))
@@ -120,11 +126,22 @@ def status(config: Config, store: Store,
     return list(result.values())
 
 
-def instances(store: Store, sources: Iterable[str] | None = None
+def every_instance(stores: Stores,
+                   failures: dict[str, Exception] | None = None
+                   ) -> list[Instance]:
+    """Every instance of every store worth looking in (those that cannot
+    be reached are left out when ``failures`` is given to collect them)."""
+    found = []
+    for store in stores.each(failures):
+        with store.reading() as tx:
+            found.extend(tx.instances())
+    return found
+
+
+def instances(stores: Stores, sources: Iterable[str] | None = None
               ) -> list[Instance]:
     """The instances of ``sources`` (all when None), by source and number."""
-    with store.reading() as tx:
-        found = tx.instances()
+    found = every_instance(stores)
     if sources is None:
         return found
     wanted = set(sources)

@@ -37,6 +37,15 @@ class Source(abc.ABC):
 
     #: oslo.config options this type adds to the common ``source.conf`` keys.
     opts: ClassVar[list] = []
+    #: Keys of ``opts`` that each machine or user may set its own way
+    #: (credentials, paths of this machine, timeouts): left out of the
+    #: definition's fingerprint, which every client of a shared store
+    #: must agree on.
+    local_keys: ClassVar[frozenset[str]] = frozenset()
+    #: Whether instances see this machine's files at the same paths (so
+    #: ``run --files`` has nothing to copy). Such a source is bound to
+    #: this machine: it cannot live in a store other machines share.
+    shares_filesystem: ClassVar[bool] = False
     #: The ``maximum`` used when ``source.conf`` leaves it unset.
     default_maximum: ClassVar[int] = 0
 
@@ -162,9 +171,6 @@ class BackendSource(Source):
     #: A name unique to the state store, set by the cache, for backends
     #: that label what they make so that leaks can be found later.
     owner: str = ''
-    #: Whether instances see this machine's files at the same paths (so
-    #: ``run --files`` has nothing to copy).
-    shares_filesystem: ClassVar[bool] = False
 
     @abc.abstractmethod
     def provision(self, names: list[str]) -> dict[str, Ref]:
