@@ -191,6 +191,11 @@ class Cache:
         from crcache.cache import report
         return report.slow(found)
 
+    def store_report(self) -> list[Any]:
+        """Every store: definition, and whether it can be reached."""
+        from crcache.cache import report
+        return report.stores(self.config, self.stores)
+
     def children(self, name: str) -> list[str]:
         """The sources ``name`` draws from (none unless it is a pool)."""
         from crcache.cache import report

@@ -61,6 +61,50 @@ class SourceStatus:
         return self.cached + max(0, self.maximum - self.live)
 
 
+@dataclasses.dataclass
+class StoreStatus:
+    """A state store: where it is defined and whether it can be reached."""
+
+    name: str
+    type: str | None
+    shared: bool
+    #: Where its data is (a file, or a database URL without password).
+    location: str | None
+    #: Its store.conf; None for the implicit embedded store.
+    path: str | None
+    shadowed: bool = False
+    #: Whether it answered (None for a shadowed definition).
+    reachable: bool | None = None
+    #: Why it cannot be used, if so.
+    error: str | None = None
+
+
+def stores(config: Config, opened: Stores) -> list[StoreStatus]:
+    """Every store definition, and whether each active one answers."""
+    found = []
+    for name, definition in config.store_definitions.items():
+        shared = config.store_shared(name)
+        if name in config.store_errors:
+            found.append(StoreStatus(name, None, False, None,
+                                     definition.path, reachable=False,
+                                     error=str(config.store_errors[name])))
+            continue
+        kind = config.store_type(name)
+        try:
+            store = opened.get(name)
+        except Exception as err:  # reported, as the row says
+            found.append(StoreStatus(name, kind, shared, None,
+                                     definition.path, reachable=False,
+                                     error=str(err)))
+            continue
+        found.append(StoreStatus(name, kind, shared, store.location,
+                                 definition.path, reachable=True))
+    for definition in config.shadowed_stores:
+        found.append(StoreStatus(definition.name, None, False, None,
+                                 definition.path, shadowed=True))
+    return found
+
+
 def children(config: Config, name: str) -> list[str]:
     """The sources ``name`` draws from (none for a backend or a broken
     source)."""

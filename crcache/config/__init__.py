@@ -254,6 +254,13 @@ class Config:
         """Names of the active stores (broken ones included), sorted."""
         return list(self.store_definitions)
 
+    def store_type(self, name: str) -> str | None:
+        """The ``type`` of the store ``name`` (None if it is broken)."""
+        entry = self._stores.get(name)
+        if entry is None:
+            return None
+        return entry[1].type if entry[1] is not None else 'sqlite'
+
     def store_shared(self, name: str) -> bool:
         """Whether the store ``name`` is of a type machines share."""
         entry = self._stores.get(name)
