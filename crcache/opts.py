@@ -8,22 +8,8 @@ own keys through its module's ``list_opts``.
 from __future__ import annotations
 
 from oslo_config import cfg
-from oslo_config import types
 
-from crcache.stamps import parse_duration
-
-class Duration(types.ConfigType):
-    """An oslo.config type: a duration, read as seconds."""
-
-    def __init__(self) -> None:
-        super().__init__(type_name='duration value')
-
-    def __call__(self, value: str | float) -> float:
-        return parse_duration(value)
-
-    def _formatter(self, value: float) -> str:
-        return f'{value:g}'
-
+from crcache.conftypes import Duration
 
 COMMON_OPTS = [
     cfg.StrOpt(

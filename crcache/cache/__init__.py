@@ -124,6 +124,9 @@ class Cache:
             todo.extend(pool.children if pool is not None else ())
         try:
             autogc.collect_before_acquire(self._life, drawn)
+        except exceptions.StoreError as err:
+            # The acquire itself cannot do without the store: it says so.
+            LOG.debug('garbage collection before acquiring: %s', err)
         except exceptions.CrcacheError as err:
             LOG.warning('garbage collection before acquiring: %s', err)
 

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 from oslo_config import cfg
 
 from crcache import exceptions
+from crcache.conftypes import Duration
 from crcache.store import base
 from crcache.store import sql
 
@@ -109,15 +110,28 @@ class PostgreSQLStore(base.Store):
                  '?host=/socket/dir). Passwords come from ~/.pgpass, '
                  'PGPASSWORD or a service file, not from here. Required '
                  'for type=postgresql.'),
+        cfg.Opt(
+            'heartbeat_timeout',
+            type=Duration(),
+            default=30,
+            help='For postgresql stores: work in progress (provisioning, '
+                 'discarding) whose worker on another machine has not '
+                 'renewed its heartbeat for this long (a duration) is '
+                 'taken to be abandoned: crcache gc on any machine may '
+                 'then finish or undo it. Workers beat several times '
+                 'within it.'),
     ]
 
     @classmethod
     def from_conf(cls, name: str, conf: Any,
                   env: Mapping[str, str]) -> 'PostgreSQLStore':
-        return cls(conf.url, name=name)
+        return cls(conf.url, name=name,
+                   heartbeat_timeout=conf.heartbeat_timeout)
 
-    def __init__(self, url: str, name: str = 'shared') -> None:
+    def __init__(self, url: str, name: str = 'shared',
+                 heartbeat_timeout: float = 30.0) -> None:
         self.name = name
+        self.heartbeat_timeout = heartbeat_timeout
         self.url = url
         self.location = shown(url)
         self._lock = threading.Lock()
