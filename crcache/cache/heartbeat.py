@@ -5,8 +5,11 @@ process working on instances of a shared store (provisioning, discarding)
 renews a ``heartbeat`` time in each such row's work record every few
 seconds; crcache gc on any host may finish or undo a row whose heartbeat
 is older than the store's ``heartbeat_timeout``, and never touches one
-whose worker is alive on another host. Machines sharing a store need
-clocks that agree within a few seconds (NTP).
+whose worker is alive on another host. A process queued by ``acquire
+--wait`` renews the heartbeat of its place in the queue the same way, so
+that one killed on another host stops holding up the queue
+(:func:`waiter_gone`). Machines sharing a store need clocks that agree
+within a few seconds (NTP).
 """
 
 from __future__ import annotations
@@ -38,6 +41,19 @@ def expired(op: dict | None, timeout: float, now: float) -> float | None:
         return None
     age = now - beat
     return age if age > timeout else None
+
+
+def waiter_gone(process: dict | None, timeout: float | None,
+                now: float) -> bool:
+    """Whether a queued acquisition's process has gone: on this host, by
+    its pid; in a shared store (``timeout`` given), on another host, by
+    its heartbeat."""
+    alive = invocation.alive(process)
+    if alive is not None:
+        return not alive
+    if timeout is None or invocation.here(process):
+        return False
+    return expired(process, timeout, now) is not None
 
 
 class Heartbeat:

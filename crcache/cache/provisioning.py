@@ -50,7 +50,9 @@ class Provisioner:
         if wait is None:
             with store.transaction() as tx:
                 definitions.check(tx, store, self.config, source.name)
-                self.claimer.check_queue(tx, source, count)
+                self.claimer.check_queue(
+                    tx, source, count,
+                    store.heartbeat_timeout if store.shared else None)
                 claims = self.claimer.claim(tx, source, count, holder)
         else:
             from crcache.cache import queue

@@ -143,6 +143,10 @@ class Transaction(abc.ABC):
     def remove_waiter(self, ticket: int) -> None:
         """Take a waiter out of the queue."""
 
+    @abc.abstractmethod
+    def renew_waiter(self, ticket: int, process: dict[str, Any]) -> None:
+        """Replace a waiter's process record (to renew its heartbeat)."""
+
 
 class Store(abc.ABC):
     """A place that keeps instances between crcache invocations."""

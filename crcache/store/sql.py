@@ -197,3 +197,7 @@ class SQLTransaction(base.Transaction):
 
     def remove_waiter(self, ticket: int) -> None:
         self._execute('DELETE FROM waiters WHERE id = ?', (ticket,))
+
+    def renew_waiter(self, ticket: int, process: dict[str, Any]) -> None:
+        self._execute('UPDATE waiters SET process = ? WHERE id = ?',
+                      (json.dumps(process), ticket))

@@ -396,6 +396,27 @@ class TestFleet(FleetTestCase):
                     f'{started - expires:+.1f}s from the start of that gc; '
                     f'{len(early)} gc before that left it alone')
 
+    def test_killed_waiter_does_not_block_other_machines(self) -> None:
+        alpha, bravo, charlie = self.clients
+        held = self.crcache(charlie, 'acquire', '-s', 'fleet', '-n',
+                            str(SSH_HOSTS)).stdout.split()
+        waiter = alpha.popen([base.CRCACHE, 'acquire', '-s', 'fleet',
+                              '--wait', '120'], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        self.addCleanup(waiter.wait)
+        self.addCleanup(kill, waiter)
+        base.CLITestCase.wait_for(
+            self, lambda: self.sql('SELECT count(*) FROM waiters')
+            == [['1']], 30, 'the waiter to queue')
+        waiter.kill()
+        waiter.wait()
+        self.crcache(charlie, 'release', held[0])
+        started = time.monotonic()
+        got = self.crcache(bravo, 'acquire', '-s', 'fleet', '--wait',
+                           str(4 * HEARTBEAT), expect=None)
+        self.assertEqual(0, got.returncode, str(got))
+        self.assertLess(time.monotonic() - started, 2 * HEARTBEAT + 5)
+
     def test_database_restart_loses_nothing(self) -> None:
         started = time.monotonic()
         clients = self.start_clients(CLIENTS, RESTART_RUN)
