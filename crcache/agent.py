@@ -44,7 +44,7 @@ DEFAULT_IDLE = 120.0
 PRELOAD = (
     'crcache.app', 'crcache.cache', 'crcache.cache.gc',
     'crcache.cache.autogc', 'crcache.cache.queue', 'crcache.config',
-    'crcache.store.sqlite',
+    'crcache.store.sqlite', 'crcache.store.postgresql', 'psycopg',
     'crcache.tarcopy', 'crcache.localcopy', 'crcache.process',
     'cliff.formatters.json_format', 'cliff.formatters.yaml_format',
     'cliff.formatters.commaseparated', 'cliff.formatters.value',
