@@ -77,6 +77,10 @@ class SshSource(base.BackendSource):
     """An existing host, reached with paramiko and verified known_hosts."""
 
     default_maximum = 1
+    # How this machine reaches and trusts the host, not which host it is.
+    local_keys = frozenset({'ssh_user', 'ssh_key', 'ssh_known_hosts',
+                            'ssh_host_key_policy', 'ssh_connect_timeout',
+                            'ssh_persist'})
     opts = [
         cfg.StrOpt(
             'ssh_host',

@@ -417,6 +417,40 @@ class TestFleet(FleetTestCase):
         self.assertEqual(0, got.returncode, str(got))
         self.assertLess(time.monotonic() - started, 2 * HEARTBEAT + 5)
 
+    def test_machines_may_reach_a_host_their_own_way(self) -> None:
+        alpha, bravo = self.clients[:2]
+        # bravo has its own copy of the key and of known_hosts, and its
+        # own patience: credentials and timeouts, not the host.
+        server = self.servers[0]
+        mine = os.path.join(bravo.home, 'ssh')
+        os.makedirs(mine)
+        for path in (server.client_key, self.known_hosts):
+            shutil.copy(path, mine)
+        write(bravo.config_root, 'sources/fleet0/source.conf',
+              **server.source_keys(
+                  os.path.join(mine, 'known_hosts'), store='team',
+                  ssh_key=os.path.join(mine, 'client_ed25519'),
+                  ssh_connect_timeout=20, ssh_persist=5))
+        # While alpha holds fleet0, bravo draws from the pool over it.
+        [held] = self.crcache(alpha, 'acquire', '-s',
+                              'fleet0').stdout.split()
+        got = self.crcache(bravo, 'acquire', '-s', 'fleet', '-n', '3',
+                           expect=None)
+        self.assertEqual(0, got.returncode, str(got))
+        self.crcache(bravo, 'release', *got.stdout.split())
+        self.crcache(alpha, 'release', held)
+        [held] = self.crcache(bravo, 'acquire', '-s',
+                              'fleet0').stdout.split()
+        self.assertEqual('fleet0\n', self.crcache(bravo, 'run', held,
+                                                  'hostname').stdout)
+        # Which host it is, though, every machine must agree on.
+        write(alpha.config_root, 'sources/fleet0/source.conf',
+              **self.servers[1].source_keys(self.known_hosts,
+                                            store='team'))
+        result = self.crcache(alpha, 'acquire', '-s', 'fleet', expect=None)
+        self.assertIn("source 'fleet0' is defined differently here",
+                      result.stderr)
+
     def test_database_restart_loses_nothing(self) -> None:
         started = time.monotonic()
         clients = self.start_clients(CLIENTS, RESTART_RUN)
