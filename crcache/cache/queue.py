@@ -30,8 +30,9 @@ def claim_waiting(store: Store, claimer: Claimer, progress: Any,
     room; give up after ``wait`` seconds (0: never)."""
     deadline = time.monotonic() + wait if wait else None
     beats = store.heartbeat_timeout if store.shared else None
-    me = dict(invocation.identity(), heartbeat=time.time())
+    me = invocation.identity()
     with store.transaction() as tx:
+        me['heartbeat'] = time.time()
         ticket = tx.add_waiter(source.name, count, me)
     task = None
     try:
@@ -46,10 +47,16 @@ def claim_waiting(store: Store, claimer: Claimer, progress: Any,
                             heartbeat.interval(beats):
                         me['heartbeat'] = now
                         tx.renew_waiter(ticket, me)
-                    for waiter in tx.waiters(source.name):
+                    queue = tx.waiters(source.name)
+                    for waiter in queue:
                         if waiter.id != ticket and heartbeat.waiter_gone(
                                 waiter.process, beats, now):
                             tx.remove_waiter(waiter.id)
+                    if ticket not in [w.id for w in queue]:
+                        # Taken for gone (this process was too busy to
+                        # renew its heartbeat in time): queue again.
+                        me['heartbeat'] = now
+                        ticket = tx.add_waiter(source.name, count, me)
                     if tx.waiters(source.name)[0].id == ticket:
                         definitions.check(tx, store, claimer.config,
                                           source.name)

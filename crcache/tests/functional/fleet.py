@@ -279,8 +279,10 @@ class Lab(fixtures.Fixture):
         host = self.hosts[0]
         result = host.run(['sh', '-c', 'hostname; cat /etc/machine-id'],
                           timeout=30)
-        if (result.returncode == 0 and result.stdout.split()[:1]
-                == [host.name]):
+        expected = [host.name]
+        if os.path.exists('/etc/machine-id'):
+            expected.append(host.machine_id)
+        if result.returncode == 0 and result.stdout.split() == expected:
             return
         message = (f'cannot make separate hosts here ({self.mode} mode: '
                    f'{" ".join(host.wrap(["true"])[:6])}...): '

@@ -41,7 +41,7 @@ CLIENT_HOSTS = ('alpha', 'bravo', 'charlie')
 SSH_HOSTS = 4
 CLIENTS = 16
 #: The store's heartbeat_timeout (seconds).
-HEARTBEAT = 5
+HEARTBEAT = 8
 #: How long the clients cycle (seconds).
 RUN_FOR = 20
 #: How long the clients cycle while the database restarts.
@@ -395,18 +395,26 @@ class TestFleet(FleetTestCase):
                     f'{started - expires:+.1f}s from the start of that gc; '
                     f'{len(early)} gc before that left it alone')
 
-    def test_killed_waiter_does_not_block_other_machines(self) -> None:
-        alpha, bravo, charlie = self.clients
-        held = self.crcache(charlie, 'acquire', '-s', 'fleet', '-n',
-                            str(SSH_HOSTS)).stdout.split()
-        waiter = alpha.popen([base.CRCACHE, 'acquire', '-s', 'fleet',
-                              '--wait', '120'], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
+    def queued(self, host: fleet.Host) -> subprocess.Popen:
+        """``acquire -s fleet --wait`` on ``host``, once it is queued."""
+        before = int(self.sql('SELECT count(*) FROM waiters')[0][0])
+        waiter = host.popen([base.CRCACHE, 'acquire', '-s', 'fleet',
+                             '--wait', '120'], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
         self.addCleanup(waiter.wait)
         self.addCleanup(kill, waiter)
         base.CLITestCase.wait_for(
-            self, lambda: self.sql('SELECT count(*) FROM waiters')
-            == [['1']], 30, 'the waiter to queue')
+            self, lambda: int(self.sql('SELECT count(*) FROM waiters')
+                              [0][0]) > before, 30, 'the waiter to queue')
+        return waiter
+
+    def test_waiters_of_other_machines(self) -> None:
+        alpha, bravo, charlie = self.clients
+        held = self.crcache(charlie, 'acquire', '-s', 'fleet', '-n',
+                            str(SSH_HOSTS)).stdout.split()
+        # Killed while queued on alpha: only alpha can see its process
+        # gone; the others pass over it once its heartbeat has stopped.
+        waiter = self.queued(alpha)
         waiter.kill()
         waiter.wait()
         self.crcache(charlie, 'release', held[0])
@@ -415,6 +423,16 @@ class TestFleet(FleetTestCase):
                            str(4 * HEARTBEAT), expect=None)
         self.assertEqual(0, got.returncode, str(got))
         self.assertLess(time.monotonic() - started, 2 * HEARTBEAT + 5)
+        # Passed over while alive (too busy to renew its heartbeat in
+        # time; here its row is deleted): it notices, and queues again.
+        waiter = self.queued(alpha)
+        self.sql('DELETE FROM waiters')
+        time.sleep(1)
+        self.crcache(charlie, 'release', held[1])
+        out, err = waiter.communicate(timeout=60)
+        self.assertEqual(0, waiter.returncode, err)
+        self.assertEqual(f'fleet-{SSH_HOSTS + 1}\n', out)
+        self.assertEqual([], self.sql('SELECT id FROM waiters'))
 
     def test_machines_may_reach_a_host_their_own_way(self) -> None:
         alpha, bravo = self.clients[:2]
