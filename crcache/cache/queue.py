@@ -57,7 +57,9 @@ def claim_waiting(store: Store, claimer: Claimer, progress: Any,
                         # renew its heartbeat in time): queue again.
                         me['heartbeat'] = now
                         ticket = tx.add_waiter(source.name, count, me)
-                    if tx.waiters(source.name)[0].id == ticket:
+                    # Read again: rows may go meanwhile (by hand).
+                    first = tx.waiters(source.name)[:1]
+                    if first and first[0].id == ticket:
                         definitions.check(tx, store, claimer.config,
                                           source.name)
                         claims = claimer.claim(tx, source, count, holder)

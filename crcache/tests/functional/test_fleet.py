@@ -15,7 +15,12 @@ prove on the ssh host that nobody else has it (``mkdir`` of a marker
 named after the host, which fails if another holder is there), and
 release; a client killed mid-provision is settled by ``crcache gc`` on
 another machine once its heartbeat has stopped for long enough, and not
-before; the database restarts under the clients and nothing is lost.
+before; a queued ``acquire --wait`` killed on one machine holds up no
+other; machines may reach a host with their own credentials; the
+database restarts under the clients and nothing is lost.
+
+``CRCACHE_TEST_FLEET_REPORT``, if set, names a file the tests append
+their figures to (clients, cycles, durations).
 """
 
 from __future__ import annotations
