@@ -8,7 +8,9 @@ holders are reported as the user sees them, while the worker's own
 identity says who is doing the work (and may have died doing it).
 
 A process is identified by its host, pid and start time, so a pid reused
-after a crash is not mistaken for the original.
+after a crash is not mistaken for the original. Its host is its name and
+its machine id (``/etc/machine-id``), so two machines that happen to
+share a host name (cloned VMs, containers) are never taken for one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 from typing import Any
 
 _client: tuple[int, int, list[str]] | None = None
+_machine: list[str] = []
 
 
 def set_client(pid: int, ppid: int, argv: list[str]) -> None:
@@ -56,19 +59,52 @@ def start_time(process: int) -> int | None:
     return int(fields[19])
 
 
+def machine_id() -> str:
+    """This machine's id (systemd's /etc/machine-id, or D-Bus's)."""
+    if not _machine:
+        found = ''
+        for path in ('/etc/machine-id', '/var/lib/dbus/machine-id'):
+            try:
+                with open(path) as f:
+                    found = f.read().strip()
+            except OSError:
+                continue
+            if found:
+                break
+        _machine.append(found)
+    return _machine[0]
+
+
 def identity(process: int | None = None) -> dict[str, Any]:
-    """host, pid and start time of a process (default: this one)."""
+    """host, machine id, pid and start time of a process (default: this
+    one)."""
     process = os.getpid() if process is None else process
-    return {'host': socket.gethostname(), 'pid': process,
-            'start': start_time(process)}
+    return {'host': socket.gethostname(), 'machine': machine_id(),
+            'pid': process, 'start': start_time(process)}
+
+
+def here(record: dict[str, Any] | None) -> bool:
+    """Whether a recorded process ran on this very machine."""
+    if not record or record.get('host') != socket.gethostname():
+        return False
+    # Records written before machine ids were kept have none.
+    return record.get('machine') in (None, machine_id())
+
+
+def same_process(record: dict[str, Any] | None,
+                 me: dict[str, Any]) -> bool:
+    """Whether ``record`` identifies the process ``me`` describes."""
+    return bool(record) and all(record.get(key) == me.get(key)
+                                for key in ('host', 'machine', 'pid',
+                                            'start'))
 
 
 def alive(record: dict[str, Any] | None) -> bool | None:
     """Whether the identified process still runs; None if unknowable.
 
-    Only processes of this host can be checked.
+    Only processes of this machine can be checked.
     """
-    if not record or record.get('host') != socket.gethostname():
+    if not here(record):
         return None
     process = record.get('pid')
     if not isinstance(process, int):
@@ -95,7 +131,7 @@ def session_may_live(record: dict[str, Any] | None) -> bool:
     lives, so only a pid that now belongs to a different process proves
     the session gone.
     """
-    if not record or record.get('host') != socket.gethostname():
+    if not here(record):
         return False
     process = record.get('pid')
     if not isinstance(process, int):

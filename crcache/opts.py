@@ -1,4 +1,4 @@
-"""The ``source.conf`` keys every source type shares.
+"""The keys every ``source.conf`` (and every ``store.conf``) shares.
 
 ``list_opts`` is the ``oslo.config.opts`` entry point that lets
 ``oslo-config-generator`` document them; each source type documents its
@@ -8,22 +8,8 @@ own keys through its module's ``list_opts``.
 from __future__ import annotations
 
 from oslo_config import cfg
-from oslo_config import types
 
-from crcache.stamps import parse_duration
-
-class Duration(types.ConfigType):
-    """An oslo.config type: a duration, read as seconds."""
-
-    def __init__(self) -> None:
-        super().__init__(type_name='duration value')
-
-    def __call__(self, value: str | float) -> float:
-        return parse_duration(value)
-
-    def _formatter(self, value: float) -> str:
-        return f'{value:g}'
-
+from crcache.conftypes import Duration
 
 COMMON_OPTS = [
     cfg.StrOpt(
@@ -32,6 +18,15 @@ COMMON_OPTS = [
         help='What sort of source this is: the name of an installed source '
              'type (crcache.sources entry point), such as local, pool or '
              'ssh.'),
+    cfg.StrOpt(
+        'store',
+        default='local',
+        help='The state store that keeps this source\'s instances: the '
+             'name of a store defined in <root>/stores/<name>/store.conf, '
+             'or local (the embedded SQLite store, needing no setup). A '
+             'pool and every source it draws from must share one store; a '
+             'source bound to this machine (type=local) cannot live in a '
+             'shared (PostgreSQL) store.'),
     cfg.IntOpt(
         'reserve',
         default=0,
@@ -95,6 +90,16 @@ COMMON_OPTS = [
              'discarded anyway. An instance still being discarded after '
              'twice this long is taken to be abandoned and is discarded '
              'again by crcache gc.'),
+]
+
+
+STORE_OPTS = [
+    cfg.StrOpt(
+        'type',
+        required=True,
+        help='What sort of store this is: the name of an installed store '
+             'type (crcache.stores entry point): sqlite (embedded, one '
+             'machine) or postgresql (shared by many).'),
 ]
 
 

@@ -38,6 +38,7 @@ from crcache.cache.lifecycle import Lifecycle
 from crcache.cache.provisioning import Provisioner
 from crcache.cache.records import check_instance_name
 from crcache.cache.report import SourceStatus
+from crcache.cache.stores import Stores
 from crcache.cache.use import User, split_location
 from crcache.config import Config
 from crcache.sources import base
@@ -59,33 +60,28 @@ class Cache:
     reported.
     """
 
-    def __init__(self, config: Config, store: Store,
+    def __init__(self, config: Config, store: Store | None = None,
                  progress: Any = None) -> None:
         self.config = config
-        self.store = store
         if progress is None:
             from crcache.progress import Reporter
             progress = Reporter()
         self.progress = progress
-        for name in config.usable_names():
-            source = kinds.backend(config.source(name))
-            if source is not None:
-                source.owner = store.store_id
-        if hasattr(store, 'on_wait'):
-            store.on_wait = progress.event
-        self._life = Lifecycle(config, store, progress)
+        #: The stores, opened as they are needed. ``store``, if given, is
+        #: one already open (for tests: the embedded store, ``local``).
+        self.stores = Stores(config, {store.name: store} if store else None,
+                             on_wait=progress.event)
+        self._life = Lifecycle(config, self.stores, progress)
         self._claimer = Claimer(config)
         self._provisioner = Provisioner(self._life, self._claimer)
-        self._user = User(config, store, progress)
+        self._user = User(config, self.stores, progress)
 
     @classmethod
     def open(cls, env: Any = None, progress: Any = None) -> 'Cache':
-        """The cache of the configuration and state store that ``env``
-        (default: this process's environment) names, as the command line
-        finds them."""
-        from crcache import store
-        return cls(Config(env=env), store.open_store(env),
-                   progress=progress)
+        """The cache of the configuration (and so the state stores) that
+        ``env`` (default: this process's environment) names, as the
+        command line finds them."""
+        return cls(Config(env=env), progress=progress)
 
     # -- instances ---------------------------------------------------------
 
@@ -128,6 +124,9 @@ class Cache:
             todo.extend(pool.children if pool is not None else ())
         try:
             autogc.collect_before_acquire(self._life, drawn)
+        except exceptions.StoreError as err:
+            # The acquire itself cannot do without the store: it says so.
+            LOG.debug('garbage collection before acquiring: %s', err)
         except exceptions.CrcacheError as err:
             LOG.warning('garbage collection before acquiring: %s', err)
 
@@ -141,13 +140,14 @@ class Cache:
         """
         return self._provisioner.fill(names)
 
-    def release(self, names: Iterable[str]) -> None:
+    def release(self, names: Iterable[str], force: bool = False) -> None:
         """Release each named instance; report every failure at the end.
 
         Each is kept cached if its source's ``reserve`` wants it, and
-        discarded otherwise.
+        discarded otherwise. An instance held by another user or machine
+        (in a shared store) is refused unless ``force``.
         """
-        self._life.release(names)
+        self._life.release(names, force=force)
 
     # -- use ---------------------------------------------------------------
 
@@ -175,13 +175,13 @@ class Cache:
                ) -> list[SourceStatus]:
         """Per-source counts; unknown names are an error."""
         from crcache.cache import report
-        return report.status(self.config, self.store, names)
+        return report.status(self.config, self.stores, names)
 
     def instances(self, sources: Iterable[str] | None = None
                   ) -> list[Instance]:
         """The instances of ``sources`` (all when None)."""
         from crcache.cache import report
-        return report.instances(self.store, sources)
+        return report.instances(self.stores, sources)
 
     def query(self, what: str, names: list[str]) -> int | str:
         """One ``status --query`` figure over the named sources."""
@@ -193,6 +193,11 @@ class Cache:
         """Lines about instances stuck provisioning or discarding."""
         from crcache.cache import report
         return report.slow(found)
+
+    def store_report(self) -> list[Any]:
+        """Every store: definition, and whether it can be reached."""
+        from crcache.cache import report
+        return report.stores(self.config, self.stores)
 
     def children(self, name: str) -> list[str]:
         """The sources ``name`` draws from (none unless it is a pool)."""

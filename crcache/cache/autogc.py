@@ -27,7 +27,8 @@ def collect_before_acquire(life: Lifecycle, sources: set[str],
                            budget: float = BUDGET) -> None:
     """Start a gc pass if anything is due; maybe wait ``budget`` seconds.
 
-    The pass runs as ``crcache gc`` in a process of its own, so whatever
+    Only the stores of ``sources`` are looked in. The pass runs as
+    ``crcache gc`` in a process of its own, so whatever
     it waits for (a discard.d script) holds the acquire up no longer
     than ``budget``: after that it goes on alone, bounded by the
     sources' timeouts. Only when something due belongs to ``sources``
@@ -35,9 +36,12 @@ def collect_before_acquire(life: Lifecycle, sources: set[str],
     coming to our stderr meanwhile. The progress reporter is told when
     the wait becomes noticeable, and passes the pass's output on.
     """
-    with life.store.reading() as tx:
-        rows = tx.instances()
-    pending = gc.due(life, rows, damaged=False)
+    pending = []
+    for name in sorted({life.config.store_of(s) for s in sources}):
+        store = life.stores.get(name)
+        with store.reading() as tx:
+            rows = tx.instances()
+        pending.extend(gc.due(life, store, rows, damaged=False))
     if not pending:
         return
     wait = any(inst.source in sources for inst, _ in pending)

@@ -16,11 +16,12 @@ interface alone, so it can be tested against an in-memory one.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from crcache import exceptions
-from crcache import invocation
+from crcache.cache import heartbeat
 from crcache.cache import kinds
 from crcache.cache import records
 from crcache.config import Config
@@ -86,10 +87,15 @@ class Claimer:
         return claims
 
     def check_queue(self, tx: Transaction, source: base.Source,
-                    count: int) -> None:
-        """Refuse to jump the queue of ``acquire --wait`` callers."""
+                    count: int, heartbeat_timeout: float | None = None
+                    ) -> None:
+        """Refuse to jump the queue of ``acquire --wait`` callers (those
+        of other hosts judged by their heartbeats, in a shared store whose
+        ``heartbeat_timeout`` is given)."""
+        now = time.time()
         waiting = [w for w in tx.waiters(source.name)
-                   if invocation.alive(w.process) is not False]
+                   if not heartbeat.waiter_gone(w.process,
+                                                heartbeat_timeout, now)]
         if waiting:
             raise exceptions.CapacityError(
                 f"source '{source.name}' cannot supply "

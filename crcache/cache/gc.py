@@ -13,6 +13,9 @@ work in progress:
 * ``discarding`` whose worker is gone, or that has taken twice the
   source's ``discard_timeout``: discarded again (discarding something
   already gone is success);
+* in a shared store, work of another host is judged by its heartbeat
+  alone (:mod:`crcache.cache.heartbeat`): taken over once it has stopped,
+  never while it beats;
 * ``in-use`` whose lease has expired: discarded, wrapped instances too
   (whoever had it may have left it in any state);
 * ``cached`` for longer than the source's ``max_idle``: discarded;
@@ -43,10 +46,11 @@ from crcache import exceptions
 from crcache import hooks
 from crcache import invocation
 from crcache import stamps
-from crcache.cache import kinds
+from crcache.cache import heartbeat
 from crcache.cache import records
 from crcache.cache.lifecycle import Lifecycle
 from crcache.store.base import CACHED, DISCARDING, IN_USE, PROVISIONING
+from crcache.store.base import Store
 
 LOG = logging.getLogger(__name__)
 
@@ -74,11 +78,13 @@ def _started(inst: Any) -> float:
     return since if isinstance(since, (int, float)) else inst.updated
 
 
-def _due(conf: Any, inst: Any, now: float) -> str | None:
+def _due(conf: Any, inst: Any, now: float,
+         heartbeat_timeout: float | None = None) -> str | None:
     """Why a row should be collected, or None to leave it alone.
 
     ``conf`` is the source's configuration, or None when the source
     cannot be loaded (only the rules that need no keys apply then).
+    ``heartbeat_timeout`` is given for a shared store.
     """
     if inst.problem:
         return inst.problem
@@ -87,6 +93,13 @@ def _due(conf: Any, inst: Any, now: float) -> str | None:
                else 'discard_timeout')
         timeout = getattr(conf, key) if conf is not None else 0
         age = now - _started(inst)
+        if (heartbeat_timeout is not None and inst.op
+                and not invocation.here(inst.op)):
+            stopped = heartbeat.expired(inst.op, heartbeat_timeout, now)
+            if stopped is None:
+                return None  # alive on its own host: never ours
+            return (f'{inst.state} by {_who(inst.op)}, whose heartbeat '
+                    f'stopped {stopped:.0f}s ago')
         if invocation.alive(inst.op) is False:
             return f'{inst.state} by {_who(inst.op)}, which has exited'
         if inst.op is None and inst.state == DISCARDING:
@@ -107,38 +120,58 @@ def _due(conf: Any, inst: Any, now: float) -> str | None:
     return None
 
 
-def due(life: Lifecycle, rows: list, now: float | None = None,
+def due(life: Lifecycle, store: Store, rows: list,
+        now: float | None = None,
         damaged: bool = True) -> list[tuple[Any, str]]:
-    """The rows a pass would collect now, with why.
+    """The rows of ``store`` a pass would collect now, with why.
 
     ``damaged`` rows (unreadable, or in a state this crcache does not
     know) are only collected when asked: by ``crcache gc`` itself, not by
     the pass an acquire starts.
     """
     now = time.time() if now is None else now
+    beats = store.heartbeat_timeout if store.shared else None
     found = []
     for inst in rows:
         if not life.config.usable(inst.source):
             continue
         if inst.problem and not damaged:
             continue
-        reason = _due(life.config.source(inst.source).conf, inst, now)
+        reason = _due(life.config.source(inst.source).conf, inst, now,
+                      beats)
         if reason is not None:
             found.append((inst, reason))
     return found
 
 
 def collect(life: Lifecycle, leaks: bool = False) -> list[Action]:
-    """One garbage collection pass; returns what it did and found."""
+    """One garbage collection pass over every store; returns what it did
+    and found (a store that cannot be reached is one failed action)."""
+    actions: list[Action] = []
+    failures: dict[str, exceptions.CrcacheError] = {}
+    for store in life.stores.each(failures):
+        actions.extend(_collect_store(life, store, leaks))
+    for store_name, err in failures.items():
+        LOG.warning('%s', err)
+        for name in life.config.usable_names():
+            if life.config.store_of(name) == store_name:
+                actions.append(Action(
+                    None, name, 'failed',
+                    f"its store '{store_name}' cannot be reached: {err}"))
+    return actions
+
+
+def _collect_store(life: Lifecycle, store: Store,
+                   leaks: bool) -> list[Action]:
     now = time.time()
-    with life.store.reading() as tx:
+    with store.reading() as tx:
         rows = tx.instances()
     actions: list[Action] = []
-    for inst, reason in due(life, rows, now):
+    for inst, reason in due(life, store, rows, now):
         actions.extend(_collect_one(life, inst, reason))
     actions.extend(_orphans(life, rows, now))
     actions.extend(_unreleased(life, rows))
-    actions.extend(_leaks(life, rows, destroy=leaks))
+    actions.extend(_leaks(life, store, rows, destroy=leaks))
     return actions
 
 
@@ -193,33 +226,47 @@ def forget(life: Lifecycle, sources: list[str]) -> list[Action]:
                 'sources whose definition is gone or broken')
     actions = []
     children = []
-    with life.store.transaction() as tx:
-        for name in sources:
-            rows = tx.instances(name)
-            if not rows and name not in life.config.definitions:
-                raise exceptions.UnknownSource(
-                    name, {i.source for i in tx.instances()})
-            for inst in rows:
-                if inst.child:
-                    child = tx.get(inst.child)
-                    if child is not None and child.parent == inst.name:
-                        tx.update(child.name, parent=None)
-                        if life.config.usable(child.source):
-                            tx.update(child.name, state=DISCARDING,
-                                      op=records.work_record())
-                            children.append(child)
-                tx.delete(inst.name)
-                if inst.child:
-                    left = f'it held {inst.child}'
-                elif inst.ref:
-                    left = ('its backend resource may remain: '
-                            + json.dumps(inst.ref, sort_keys=True))
-                else:
-                    left = 'no backend resource was recorded for it'
-                actions.append(Action(inst.name, name, 'forgotten',
-                                      f'was {inst.state}; {left}'))
+    # A broken source's store is unknown: look for its rows in each.
+    stores = list(life.stores.each())
+    seen = {name: False for name in sources}
+    for store in stores:
+        with store.reading() as tx:
+            for name in sources:
+                seen[name] = seen[name] or bool(tx.instances(name))
+    for name, found in seen.items():
+        if not found and name not in life.config.definitions:
+            raise exceptions.UnknownSource(name, [])
+    for store in stores:
+        with store.transaction() as tx:
+            actions.extend(_forget_in(life, tx, sources, children))
     for child in children:
         actions.extend(_collect_one_taken(life, child))
+    return actions
+
+
+def _forget_in(life: Lifecycle, tx: Any, sources: list[str],
+               children: list) -> list[Action]:
+    actions = []
+    for name in sources:
+        for inst in tx.instances(name):
+            if inst.child:
+                child = tx.get(inst.child)
+                if child is not None and child.parent == inst.name:
+                    tx.update(child.name, parent=None)
+                    if life.config.usable(child.source):
+                        tx.update(child.name, state=DISCARDING,
+                                  op=records.work_record())
+                        children.append(child)
+            tx.delete(inst.name)
+            if inst.child:
+                left = f'it held {inst.child}'
+            elif inst.ref:
+                left = ('its backend resource may remain: '
+                        + json.dumps(inst.ref, sort_keys=True))
+            else:
+                left = 'no backend resource was recorded for it'
+            actions.append(Action(inst.name, name, 'forgotten',
+                                  f'was {inst.state}; {left}'))
     return actions
 
 
@@ -235,7 +282,7 @@ def _collect_one_taken(life: Lifecycle, inst: Any) -> list[Action]:
 
 def _take_over(life: Lifecycle, inst: Any) -> Any | None:
     """Mark a row ours to discard, unless it changed since we read it."""
-    with life.store.transaction() as tx:
+    with life.stores.of_instance(inst).transaction() as tx:
         current = tx.get(inst.name)
         if (current is None or current.state != inst.state
                 or current.updated != inst.updated):
@@ -261,18 +308,22 @@ def _unreleased(life: Lifecycle, rows: list) -> list[Action]:
     return found
 
 
-def _leaks(life: Lifecycle, rows: list, destroy: bool) -> list[Action]:
-    """Backend resources carrying this store's label that it does not know."""
+def _leaks(life: Lifecycle, store: Store, rows: list,
+           destroy: bool) -> list[Action]:
+    """Backend resources carrying ``store``'s label that it does not
+    know."""
     known = {inst.name for inst in rows}
-    with life.store.reading() as tx:
+    with store.reading() as tx:
         known.update(inst.name for inst in tx.instances())
     found = []
     for name in life.config.usable_names():
-        source = kinds.backend(life.config.source(name))
+        if life.config.store_of(name) != store.name:
+            continue
+        source = life.stores.driver(name)
         if source is None:
             continue
         try:
-            owned = source.list_owned(life.store.store_id)
+            owned = source.list_owned(store.store_id)
         except exceptions.CrcacheError as err:
             found.append(Action(None, name, 'failed',
                                 f'cannot list resources: {err}'))

@@ -20,13 +20,14 @@ from crcache import exceptions
 from crcache import hooks
 from crcache import invocation
 from crcache import paths
-from crcache.cache import kinds
+from crcache.cache import definitions
 from crcache.cache import records
 from crcache.cache.claims import Claim
+from crcache.cache.stores import Stores
 from crcache.config import Config
 from crcache.sources import base
 from crcache.store.base import CACHED, DISCARDING, IN_USE
-from crcache.store.base import Instance, Store, Transaction
+from crcache.store.base import Instance, Transaction
 
 LOG = logging.getLogger(__name__)
 
@@ -57,15 +58,16 @@ def call(source: base.Source, action: str, func: Any, *args: Any) -> Any:
 
 
 class Lifecycle:
-    """Hooks, release and discard for one configuration and store.
+    """Hooks, release and discard for one configuration and its stores.
 
     ``progress`` is a :class:`crcache.progress.Reporter`. Thread-safe:
     instances are provisioned and discarded from several threads.
     """
 
-    def __init__(self, config: Config, store: Store, progress: Any) -> None:
+    def __init__(self, config: Config, stores: Stores,
+                 progress: Any) -> None:
         self.config = config
-        self.store = store
+        self.stores = stores
         self.progress = progress
         self._hook_pids: set[int] = set()
         self._lock = threading.Lock()
@@ -103,7 +105,7 @@ class Lifecycle:
             script = os.path.relpath(scripts[len(mine) - 1],
                                      definition.directory)
             LOG.info('%s: running %s (pid %s)', inst.name, script, pid)
-            with self.store.transaction() as tx:
+            with self.stores.of_instance(inst).transaction() as tx:
                 current = tx.get(inst.name)
                 if current is not None:
                     op = dict(current.op or records.work_record(),
@@ -128,13 +130,17 @@ class Lifecycle:
 
     # -- release and discard ----------------------------------------------
 
-    def release(self, names: Iterable[str]) -> None:
-        """Release each named instance; report every failure at the end."""
+    def release(self, names: Iterable[str], force: bool = False) -> None:
+        """Release each named instance; report every failure at the end.
+
+        An instance held by another user or machine is refused unless
+        ``force``.
+        """
         unique = list(dict.fromkeys(names))
         failures: list[tuple[str, BaseException]] = []
         for name in unique:
             try:
-                self._release_one(name)
+                self._release_one(name, force)
             except exceptions.CrcacheError as err:
                 failures.append((name, err))
         if len(unique) == 1 and failures:
@@ -150,8 +156,10 @@ class Lifecycle:
         # Instances already being discarded are on their way out.
         return tx.count(inst.source, records.STAYING) <= reserve
 
-    def _release_one(self, name: str) -> None:
-        with self.store.transaction() as tx:
+    def _release_one(self, name: str, force: bool) -> None:
+        records.check_instance_name(name)
+        store = self.stores.find(name)
+        with store.transaction() as tx:
             inst = lookup(tx, name)
             if inst.state != IN_USE:
                 raise exceptions.InstanceStateError(
@@ -161,6 +169,14 @@ class Lifecycle:
                 raise exceptions.InstanceStateError(
                     f"instance '{name}' is held by pool instance "
                     f"'{inst.parent}'; release '{inst.parent}' instead")
+            if self.config.usable(inst.source):
+                definitions.check(tx, store, self.config, inst.source)
+            # Only a shared store has holders other than this user here.
+            other = store.shared and records.held_elsewhere(inst.holder)
+            if other and not force:
+                raise exceptions.InstanceStateError(
+                    f"instance '{name}' is held by {other}; release it "
+                    'there, or use release --force')
             keep = self.keep(tx, inst)
             orphan = not keep and not self._dischargeable(tx, inst)
             tx.update(name, state=CACHED if keep else DISCARDING,
@@ -211,8 +227,9 @@ class Lifecycle:
             self.run_hooks(inst, hooks.DISCARD)
         except hooks.HookError as err:
             LOG.warning('%s (discarding it anyway)', err)
+        store = self.stores.of_instance(inst)
         if inst.child:
-            with self.store.transaction() as tx:
+            with store.transaction() as tx:
                 child = tx.get(inst.child)
                 mine = (children and child is not None
                         and child.parent == inst.name)
@@ -235,11 +252,11 @@ class Lifecycle:
             raise exceptions.SourceError(
                 inst.source, f'cannot discard {inst.name}: '
                 + self.unusable_reason(inst.source))
-        source = kinds.backend(self.config.source(inst.source))
+        source = self.stores.driver(inst.source)
         if source is not None:
             call(source, f'discarding {inst.name}', source.discard,
                  {inst.name: inst.ref or {}})
-        with self.store.transaction() as tx:
+        with store.transaction() as tx:
             tx.delete(inst.name)
 
     def undo(self, claims: list[Claim]) -> None:
@@ -247,7 +264,8 @@ class Lifecycle:
         for top in claims:
             for claim in top.walk():
                 inst = claim.instance
-                with self.store.transaction() as tx:
+                store = self.stores.of_instance(inst)
+                with store.transaction() as tx:
                     current = tx.get(inst.name)
                     if current is None or records.taken_over(current):
                         continue
@@ -270,5 +288,5 @@ class Lifecycle:
                     # driver that fails cleans up after itself: nothing
                     # to retry (a crash's leftovers are found as leaks).
                     LOG.debug('discarding unmade %s: %s', inst.name, err)
-                    with self.store.transaction() as tx:
+                    with store.transaction() as tx:
                         tx.delete(inst.name)

@@ -19,6 +19,7 @@ from typing import Any
 
 from crcache import exceptions
 from crcache import hooks
+from crcache.cache import definitions
 from crcache.cache import kinds
 from crcache.cache import records
 from crcache.cache.claims import Claim, Claimer
@@ -38,20 +39,24 @@ class Provisioner:
         self.life = lifecycle
         self.claimer = claimer
         self.config = lifecycle.config
-        self.store = lifecycle.store
+        self.stores = lifecycle.stores
         self.progress = lifecycle.progress
 
     def acquire(self, source: base.Source, count: int,
                 holder: dict[str, Any], wait: float | None,
                 lease: float | None) -> list[Instance]:
         """See :meth:`crcache.cache.Cache.acquire`."""
+        store = self.stores.of(source.name)
         if wait is None:
-            with self.store.transaction() as tx:
-                self.claimer.check_queue(tx, source, count)
+            with store.transaction() as tx:
+                definitions.check(tx, store, self.config, source.name)
+                self.claimer.check_queue(
+                    tx, source, count,
+                    store.heartbeat_timeout if store.shared else None)
                 claims = self.claimer.claim(tx, source, count, holder)
         else:
             from crcache.cache import queue
-            claims = queue.claim_waiting(self.store, self.claimer,
+            claims = queue.claim_waiting(store, self.claimer,
                                          self.progress, source, count,
                                          holder, wait)
         try:
@@ -62,7 +67,7 @@ class Provisioner:
             raise
         expires = time.time() + lease if lease else None
         if expires:
-            with self.store.transaction() as tx:
+            with store.transaction() as tx:
                 for claim in claims:
                     tx.update(claim.instance.name, lease_expires=expires)
         return [dataclasses.replace(claim.instance, state=IN_USE,
@@ -74,7 +79,7 @@ class Provisioner:
     def _leaf(self, inst: Instance) -> Instance:
         if not inst.child:
             return inst
-        with self.store.reading() as tx:
+        with self.stores.of_instance(inst).reading() as tx:
             leaf = inst
             while leaf.child:
                 nxt = tx.get(leaf.child)
@@ -97,20 +102,21 @@ class Provisioner:
                                              claim.instance.name, avoid)
             return claim
         leaf = self._leaf(claim.instance)
-        source = kinds.backend(self.config.source(leaf.source))
+        source = self.stores.driver(leaf.source)
         if (source is None or not source.conf.verify_cached
                 or source.is_alive(leaf.ref or {})):
             LOG.info('%s: cached, handed out again', claim.instance.name)
             return claim
         self.progress.event(f'cached instance {claim.instance.name} does '
                             'not answer; discarding it and taking another')
-        with self.store.transaction() as tx:
+        store = self.stores.of_instance(claim.instance)
+        with store.transaction() as tx:
             tx.update(claim.instance.name, state=DISCARDING,
                       op=records.work_record())
         self.life.discard(claim.instance, force=True)
         owner = self.config.source(claim.instance.source)
         avoid = avoid | {leaf.source}
-        with self.store.transaction() as tx:
+        with store.transaction() as tx:
             if parent is None:
                 replacement = self.claimer.claim(tx, owner, 1, holder,
                                                  avoid)[0]
@@ -129,7 +135,7 @@ class Provisioner:
 
     def _provision_leaf(self, claim: Claim) -> None:
         inst = claim.instance
-        source = kinds.backend(self.config.source(inst.source))
+        source = self.stores.driver(inst.source)
         refs = call(source, 'provisioning', source.provision, [inst.name])
         if inst.name not in refs:
             raise exceptions.SourceError(
@@ -137,7 +143,7 @@ class Provisioner:
                 f'{inst.name}')
         inst.ref = refs[inst.name]
         LOG.info('%s: made by source %s', inst.name, source.name)
-        with self.store.transaction() as tx:
+        with self.stores.of_instance(inst).transaction() as tx:
             tx.update(inst.name, ref=inst.ref)
         self.life.run_hooks(inst, hooks.PROVISION)
         inst.concurrency = (
@@ -184,7 +190,8 @@ class Provisioner:
             if task is not None:
                 task.close()
         tops = {id(c) for c in claims}
-        with self.store.transaction() as tx:
+        # A pool and everything it draws from live in one store.
+        with self.stores.of_instance(new[0].instance).transaction() as tx:
             for claim in new:
                 current = tx.get(claim.instance.name)
                 if current is None or records.taken_over(current):
@@ -234,8 +241,10 @@ class Provisioner:
             if self.config.source(n).reserve]
         sources = [self.config.source(n) for n in names]
         claims: list[Claim] = []
-        with self.store.transaction() as tx:
-            for source in sources:
+        for source in sources:
+            store = self.stores.of(source.name)
+            with store.transaction() as tx:
+                definitions.check(tx, store, self.config, source.name)
                 need = source.reserve - tx.count(source.name,
                                                  records.STAYING)
                 for _ in range(max(0, need)):
@@ -269,6 +278,8 @@ class Provisioner:
         if failures:
             raise exceptions.PartialFailure('provision', len(claims),
                                             failures)
-        with self.store.reading() as tx:
-            made = [tx.get(c.instance.name) for c in claims]
+        made = []
+        for claim in claims:
+            with self.stores.of_instance(claim.instance).reading() as tx:
+                made.append(tx.get(claim.instance.name))
         return [inst for inst in made if inst is not None]

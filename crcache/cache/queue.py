@@ -3,7 +3,9 @@
 A waiter is a row in the store; each attempt is one transaction in which
 the first live waiter in line claims, if the source has room. Between
 attempts it sleeps (growing to a quarter second) and tells the user, as
-a progress task, what it waits for and for whom.
+a progress task, what it waits for and for whom. In a shared store each
+attempt also renews the waiter's heartbeat, by which waiters on other
+hosts are judged (:func:`crcache.cache.heartbeat.waiter_gone`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 
 from crcache import exceptions
 from crcache import invocation
+from crcache.cache import definitions
+from crcache.cache import heartbeat
 from crcache.cache import records
 from crcache.cache.claims import Claim, Claimer
 from crcache.sources import base
@@ -25,8 +29,11 @@ def claim_waiting(store: Store, claimer: Claimer, progress: Any,
     """Queue for ``source`` and claim when first in line and there is
     room; give up after ``wait`` seconds (0: never)."""
     deadline = time.monotonic() + wait if wait else None
+    beats = store.heartbeat_timeout if store.shared else None
+    me = invocation.identity()
     with store.transaction() as tx:
-        ticket = tx.add_waiter(source.name, count, invocation.identity())
+        me['heartbeat'] = time.time()
+        ticket = tx.add_waiter(source.name, count, me)
     task = None
     try:
         delay = 0.01
@@ -35,11 +42,26 @@ def claim_waiting(store: Store, claimer: Claimer, progress: Any,
             claims = None
             try:
                 with store.transaction() as tx:
-                    for waiter in tx.waiters(source.name):
-                        if waiter.id != ticket and invocation.alive(
-                                waiter.process) is False:
+                    now = time.time()
+                    if beats and now - me['heartbeat'] > \
+                            heartbeat.interval(beats):
+                        me['heartbeat'] = now
+                        tx.renew_waiter(ticket, me)
+                    queue = tx.waiters(source.name)
+                    for waiter in queue:
+                        if waiter.id != ticket and heartbeat.waiter_gone(
+                                waiter.process, beats, now):
                             tx.remove_waiter(waiter.id)
-                    if tx.waiters(source.name)[0].id == ticket:
+                    if ticket not in [w.id for w in queue]:
+                        # Taken for gone (this process was too busy to
+                        # renew its heartbeat in time): queue again.
+                        me['heartbeat'] = now
+                        ticket = tx.add_waiter(source.name, count, me)
+                    # Read again: rows may go meanwhile (by hand).
+                    first = tx.waiters(source.name)[:1]
+                    if first and first[0].id == ticket:
+                        definitions.check(tx, store, claimer.config,
+                                          source.name)
                         claims = claimer.claim(tx, source, count, holder)
                         tx.remove_waiter(ticket)
                     else:

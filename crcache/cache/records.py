@@ -40,27 +40,42 @@ def work_record() -> dict[str, Any]:
     return dict(invocation.identity(), since=time.time())
 
 
+def user_name() -> str:
+    """This process's user, by name if it has one."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no name for this uid
+        return str(os.getuid())
+
+
 def current_holder() -> dict[str, Any]:
     """Describe the process acquiring instances, for ``status -v``."""
-    try:
-        user = getpass.getuser()
-    except Exception:  # no name for this uid
-        user = str(os.getuid())
     return {
         'host': socket.gethostname(),
+        'machine': invocation.machine_id(),
         'pid': invocation.pid(),
         'ppid': invocation.ppid(),
         'start': invocation.start_time(invocation.pid()),
-        'user': user,
+        'user': user_name(),
         'since': time.time(),
         'argv': invocation.argv(),
     }
 
 
+def held_elsewhere(holder: dict[str, Any] | None) -> str | None:
+    """Who holds an instance, if it is another user or machine."""
+    if not holder:
+        return None
+    if holder.get('user') == user_name() and invocation.here(holder):
+        return None
+    return (f"{holder.get('user')}@{holder.get('host')} (pid "
+            f"{holder.get('pid')})")
+
+
 def taken_over(inst: Instance) -> bool:
     """Whether another process (crcache gc) is discarding the instance."""
     return (inst.state == DISCARDING
-            and (inst.op or {}).get('pid') != os.getpid())
+            and not invocation.same_process(inst.op, invocation.identity()))
 
 
 def plural(n: int, word: str) -> str:

@@ -18,9 +18,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from crcache.cache import kinds
+from crcache.cache.stores import Stores
 from crcache.config import Config
 from crcache.store.base import CACHED, DISCARDING, IN_USE, PROVISIONING
-from crcache.store.base import Instance, Store
+from crcache.store.base import Instance
 
 LOG = logging.getLogger(__name__)
 #: What --query available is when nothing limits it.
@@ -40,6 +41,8 @@ class SourceStatus:
     children: list[str]
     #: Why the source cannot be used (its configuration error), if so.
     error: str | None = None
+    #: The name of the store that keeps its instances (None if unknown).
+    store: str | None = None
     cached: int = 0
     in_use: int = 0
     provisioning: int = 0
@@ -58,6 +61,50 @@ class SourceStatus:
         return self.cached + max(0, self.maximum - self.live)
 
 
+@dataclasses.dataclass
+class StoreStatus:
+    """A state store: where it is defined and whether it can be reached."""
+
+    name: str
+    type: str | None
+    shared: bool
+    #: Where its data is (a file, or a database URL without password).
+    location: str | None
+    #: Its store.conf; None for the implicit embedded store.
+    path: str | None
+    shadowed: bool = False
+    #: Whether it answered (None for a shadowed definition).
+    reachable: bool | None = None
+    #: Why it cannot be used, if so.
+    error: str | None = None
+
+
+def stores(config: Config, opened: Stores) -> list[StoreStatus]:
+    """Every store definition, and whether each active one answers."""
+    found = []
+    for name, definition in config.store_definitions.items():
+        shared = config.store_shared(name)
+        if name in config.store_errors:
+            found.append(StoreStatus(name, None, False, None,
+                                     definition.path, reachable=False,
+                                     error=str(config.store_errors[name])))
+            continue
+        kind = config.store_type(name)
+        try:
+            store = opened.get(name)
+        except Exception as err:  # reported, as the row says
+            found.append(StoreStatus(name, kind, shared, None,
+                                     definition.path, reachable=False,
+                                     error=str(err)))
+            continue
+        found.append(StoreStatus(name, kind, shared, store.location,
+                                 definition.path, reachable=True))
+    for definition in config.shadowed_stores:
+        found.append(StoreStatus(definition.name, None, False, None,
+                                 definition.path, shadowed=True))
+    return found
+
+
 def children(config: Config, name: str) -> list[str]:
     """The sources ``name`` draws from (none for a backend or a broken
     source)."""
@@ -67,15 +114,15 @@ def children(config: Config, name: str) -> list[str]:
     return list(pool.children) if pool is not None else []
 
 
-def status(config: Config, store: Store,
+def status(config: Config, stores: Stores,
            names: Iterable[str] | None = None) -> list[SourceStatus]:
     """Per-source counts; unknown names are an error.
 
     Without ``names``: every configured source, and every source the
-    store still has instances of.
+    stores still have instances of.
     """
-    with store.reading() as tx:
-        instances = tx.instances()
+    failures: dict[str, Exception] = {}
+    instances = every_instance(stores, failures)
     wanted = list(names) if names else None
     known = {inst.source for inst in instances}
     if wanted:
@@ -95,9 +142,12 @@ def status(config: Config, store: Store,
     for name in selected:
         if config.usable(name):
             source = config.source(name)
+            store = source.conf.store
             result[name] = SourceStatus(
                 name, source.conf.type, source.maximum, source.reserve,
-                children(config, name))
+                children(config, name), store=store,
+                error=(f"its store '{store}' cannot be used: "
+                       f'{failures[store]}' if store in failures else None))
         elif name in config.errors:
             result[name] = SourceStatus(
                 name, None, None, None, [], error=str(config.errors[name]))
@@ -120,11 +170,22 @@ def status(config: Config, store: Store,
     return list(result.values())
 
 
-def instances(store: Store, sources: Iterable[str] | None = None
+def every_instance(stores: Stores,
+                   failures: dict[str, Exception] | None = None
+                   ) -> list[Instance]:
+    """Every instance of every store worth looking in (those that cannot
+    be reached are left out when ``failures`` is given to collect them)."""
+    found = []
+    for store in stores.each(failures):
+        with store.reading() as tx:
+            found.extend(tx.instances())
+    return found
+
+
+def instances(stores: Stores, sources: Iterable[str] | None = None
               ) -> list[Instance]:
     """The instances of ``sources`` (all when None), by source and number."""
-    with store.reading() as tx:
-        found = tx.instances()
+    found = every_instance(stores)
     if sources is None:
         return found
     wanted = set(sources)

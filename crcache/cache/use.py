@@ -17,18 +17,20 @@ from crcache import exceptions
 from crcache.cache import kinds
 from crcache.cache import records
 from crcache.cache.lifecycle import call, lookup
+from crcache.cache.stores import Stores
 from crcache.config import Config
 from crcache.sources import base
 from crcache.store.base import DISCARDING, IN_USE, PROVISIONING
-from crcache.store.base import Instance, Store
+from crcache.store.base import Instance
 
 
 class User:
     """Runs commands and copies files on acquired instances."""
 
-    def __init__(self, config: Config, store: Store, progress: Any) -> None:
+    def __init__(self, config: Config, stores: Stores,
+                 progress: Any) -> None:
         self.config = config
-        self.store = store
+        self.stores = stores
         self.progress = progress
 
     def resolve(self, name: str) -> tuple[Instance, base.BackendSource]:
@@ -37,7 +39,8 @@ class User:
         Only acquired (in-use) instances can be used, except by the hook
         scripts of the instance being provisioned or discarded.
         """
-        with self.store.reading() as tx:
+        records.check_instance_name(name)
+        with self.stores.find(name).reading() as tx:
             inst = lookup(tx, name)
             hook_of_it = os.environ.get('CRCACHE_INSTANCE') == name
             usable = (inst.state == IN_USE or hook_of_it
@@ -57,6 +60,7 @@ class User:
                 leaf = nxt
         source = kinds.require_backend(self.config.source(leaf.source),
                                        leaf.name)
+        self.stores.driver(leaf.source)  # labelled with its store
         return leaf, source
 
     def run(self, name: str, argv: list[str], stdin: int = 0,

@@ -24,8 +24,9 @@ LOG = logging.getLogger(__name__)
 
 COLUMNS = ('source', 'cached', 'in-use', 'max')
 TREE_COLUMNS = ('parent', 'depth')
-INSTANCE_COLUMNS = ('name', 'source', 'state', 'concurrency', 'held-by',
-                    'pid', 'ppid', 'since', 'lease-expires', 'command')
+INSTANCE_COLUMNS = ('name', 'source', 'store', 'state', 'concurrency',
+                    'held-by', 'machine', 'pid', 'ppid', 'since',
+                    'lease-expires', 'command')
 QUERY_COLUMNS = ('query', 'value')
 QUERIES = ('cached', 'in-use', 'max', 'available')
 
@@ -41,7 +42,8 @@ def instance_row(inst: Any) -> tuple[Any, ...]:
     """One instance as ``status -v`` shows it (see INSTANCE_COLUMNS).
 
     held-by is the pool instance holding it, or user@host of the process
-    that acquired it, whose pid, parent pid and command line follow.
+    that acquired it, whose machine id (two machines may share a host
+    name), pid, parent pid and command line follow.
     """
     holder = inst.holder or {}
     if inst.parent:
@@ -57,7 +59,9 @@ def instance_row(inst: Any) -> tuple[Any, ...]:
         since = (inst.op or {}).get('since') or inst.updated
     else:
         since = holder.get('since') or inst.updated
-    return (inst.name, inst.source, inst.state, inst.concurrency, held_by,
+    machine = holder.get('machine')
+    return (inst.name, inst.source, inst.store, inst.state,
+            inst.concurrency, held_by, machine[:12] if machine else None,
             holder.get('pid'), holder.get('ppid'), _stamp(since),
             _stamp(inst.lease_expires),
             shlex.join(argv) if argv else None)
@@ -105,7 +109,9 @@ class Status(base.Lister):
         parser.add_argument(
             '-a', '--all', action='store_true', dest='all_definitions',
             help='Also list source definitions shadowed by an earlier '
-                 'configuration root, with the file of each definition.')
+                 'configuration root, with the file and the store of each '
+                 'definition; the table then lists the state stores too, '
+                 'as crcache stores does (-f json: use crcache stores).')
         parser.add_argument(
             '--query', choices=QUERIES,
             help='Print one figure for the selected sources, counting '
@@ -170,7 +176,7 @@ class Status(base.Lister):
                      ) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         columns: tuple[str, ...] = COLUMNS
         if parsed_args.all_definitions:
-            columns += ('path', 'shadowed')
+            columns += ('path', 'shadowed', 'store')
         broken = any(s.error for s in statuses)
         if broken:
             columns += ('error',)
@@ -183,7 +189,8 @@ class Status(base.Lister):
             values: tuple[Any, ...] = (
                 status.name, status.cached, status.in_use, status.maximum)
             if parsed_args.all_definitions:
-                values += (self.cache.definition_path(status.name), False)
+                values += (self.cache.definition_path(status.name), False,
+                           status.store)
             if broken:
                 values += (status.error,)
             if tree:
@@ -212,7 +219,7 @@ class Status(base.Lister):
             for name, path in self.cache.shadowed():
                 if selected and name not in selected:
                     continue
-                rows.append((name, None, None, None, path, True)
+                rows.append((name, None, None, None, path, True, None)
                             + ((None,) if broken else ())
                             + ((None, 0) if tree else ()))
         return columns, rows
@@ -241,7 +248,14 @@ class Status(base.Lister):
                 self.app.stdout.write('\n')
             elif parsed_args.tree:
                 column_names, data = _drawn_tree(column_names, data)
-        return super().produce_output(parsed_args, column_names, data)
+        status = super().produce_output(parsed_args, column_names, data)
+        if self._decorated(parsed_args) and parsed_args.all_definitions:
+            # The stores too, as crcache stores lists them.
+            from crcache.cmd import stores
+            self.app.stdout.write('\n')
+            super().produce_output(parsed_args, stores.COLUMNS, [
+                stores.store_row(s) for s in self.cache.store_report()])
+        return status
 
 
 def _drawn_tree(column_names: Sequence[str], rows: Iterable[Sequence[Any]]

@@ -114,6 +114,16 @@ class Source(abc.ABC):
     #: keys. This list is what crcache registers and enforces; name each
     #: key with the type's name as prefix (``dirs_root``).
     opts: ClassVar[list] = []
+    #: Keys of ``opts`` that each machine or user may set its own way
+    #: (credentials, paths of this machine, timeouts): left out of the
+    #: definition's fingerprint, which every client of a shared store
+    #: must agree on.
+    local_keys: ClassVar[frozenset[str]] = frozenset()
+    #: Whether instances see this machine's files at the same paths (so
+    #: ``run --files`` has nothing to copy). Declare True only if that is
+    #: always so. Such a source is bound to this machine: it cannot live
+    #: in a store other machines share.
+    shares_filesystem: ClassVar[bool] = False
     #: The ``maximum`` used when ``source.conf`` leaves it unset: 1 for a
     #: type whose instances are one machine, 0 (no limit) otherwise.
     default_maximum: ClassVar[int] = 0
@@ -288,10 +298,6 @@ class BackendSource(Source):
     #: else's; it is the same value crcache passes to :meth:`list_owned`.
     #: Empty when a source is used outside a cache.
     owner: str = ''
-    #: Whether instances see this machine's files at the same paths (so
-    #: ``run --files`` has nothing to copy). Declare True only if that is
-    #: always so.
-    shares_filesystem: ClassVar[bool] = False
 
     @abc.abstractmethod
     def provision(self, names: list[str]) -> dict[str, Ref]:

@@ -1,11 +1,13 @@
 """The state store interface the cache layer is written against.
 
-The store remembers every live instance and the per-source counters that
-name them. All changes happen inside :meth:`Store.transaction`, which
-gives the caller exclusive write access for its (short) duration: the
-cache layer reads, decides and writes there, and never holds it while a
-backend works. The embedded SQLite store implements it; a shared server
-database can implement the same few methods.
+The store remembers every live instance, the per-source counters that
+name them, and the definition each source was first used with. All
+changes happen inside :meth:`Store.transaction`, which gives the caller
+exclusive write access for its (short) duration: the cache layer reads,
+decides and writes there, and never holds it while a backend works. The
+embedded SQLite store implements it, and so does the shared PostgreSQL
+store; a store type is a plugin (entry point group ``crcache.stores``)
+constructed from its ``store.conf`` by :meth:`Store.from_conf`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, ClassVar
 
 PROVISIONING = 'provisioning'
 IN_USE = 'in-use'
@@ -57,6 +59,21 @@ class Instance:
     #: cannot be read), if anything; such a row counts as live and is
     #: discarded by crcache gc.
     problem: str | None = dataclasses.field(default=None, compare=False)
+    #: The name of the store it was read from (not stored).
+    store: str | None = dataclasses.field(default=None, compare=False)
+
+
+@dataclasses.dataclass
+class Definition:
+    """How a source was defined where a store first saw it used.
+
+    ``fingerprint`` covers its type and the keys that decide what its
+    instances are; ``origin`` says where the definition came from (its
+    file, the host and user that used it), for messages.
+    """
+
+    fingerprint: str
+    origin: dict[str, Any]
 
 
 @dataclasses.dataclass
@@ -93,6 +110,15 @@ class Transaction(abc.ABC):
         """Take the source's next instance number; numbers never repeat."""
 
     @abc.abstractmethod
+    def definition(self, source: str) -> Definition | None:
+        """How ``source`` was defined when first used here, if known."""
+
+    @abc.abstractmethod
+    def record_definition(self, source: str, fingerprint: str,
+                          origin: dict[str, Any]) -> None:
+        """Remember how ``source`` is defined now (see :class:`Definition`)."""
+
+    @abc.abstractmethod
     def add(self, instance: Instance) -> None:
         """Insert a new instance."""
 
@@ -117,14 +143,41 @@ class Transaction(abc.ABC):
     def remove_waiter(self, ticket: int) -> None:
         """Take a waiter out of the queue."""
 
+    @abc.abstractmethod
+    def renew_waiter(self, ticket: int, process: dict[str, Any]) -> None:
+        """Replace a waiter's process record (to renew its heartbeat)."""
+
 
 class Store(abc.ABC):
     """A place that keeps instances between crcache invocations."""
 
+    #: Whether several machines may use it at once. Sources bound to this
+    #: machine (``local``) cannot live in a shared store, and work in
+    #: progress there is judged by heartbeats, not by process liveness.
+    shared: ClassVar[bool] = False
+    #: Modules it imports when first opened (its database driver): the
+    #: crcache agent imports them once (see Source.warm_modules).
+    warm_modules: ClassVar[tuple[str, ...]] = ()
+    #: oslo.config options of its ``store.conf`` (besides ``type``).
+    opts: ClassVar[list] = []
+    #: The store's name (``local`` for the implicit embedded one).
+    name: str = 'local'
     #: Where the store lives, for messages.
     location: str = ''
     #: A name unique to this store, for labelling backend resources.
     store_id: str = ''
+    #: Told (one line) when a wait for the store becomes noticeable.
+    on_wait: Any = None
+    #: Seconds after which a worker's heartbeat (in a shared store) is
+    #: taken as stopped; see :mod:`crcache.cache.heartbeat`.
+    heartbeat_timeout: float = 30.0
+
+    @classmethod
+    def from_conf(cls, name: str, conf: Any,
+                  env: Mapping[str, str]) -> 'Store':
+        """Open the store ``name`` as its ``store.conf`` (``conf``, an
+        oslo.config ``ConfigOpts``) describes it."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def transaction(self, write: bool = True

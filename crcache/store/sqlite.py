@@ -1,5 +1,9 @@
 """The embedded state store: one SQLite file in WAL mode.
 
+The default, needing no setup: the implicit store ``local`` is
+``$XDG_CACHE_HOME/crcache/state.db``; a ``store.conf`` of ``type =
+sqlite`` may name another file (``path``). It serves one machine only.
+
 Writers take the database with ``BEGIN IMMEDIATE``. SQLite's own busy
 handler sleeps in growing steps and lets a busy writer starve others for
 seconds, so we retry the ``BEGIN`` ourselves with a short random pause,
@@ -10,21 +14,23 @@ and the file 0600: the store names hosts and instances.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
+
+from oslo_config import cfg
 
 from crcache import exceptions
 from crcache import paths
 from crcache.store import base
+from crcache.store import sql
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Each version's statements, applied in order to bring a store up to date.
 _MIGRATIONS = {1: '''
 CREATE TABLE IF NOT EXISTS sources (
@@ -60,10 +66,10 @@ CREATE TABLE IF NOT EXISTS waiters (
     process TEXT NOT NULL,
     created REAL NOT NULL
 );
+''', 3: '''
+ALTER TABLE sources ADD COLUMN fingerprint TEXT;
+ALTER TABLE sources ADD COLUMN origin TEXT;
 '''}
-_COLUMNS = ('name', 'source', 'seq', 'state', 'ref', 'concurrency', 'child',
-            'parent', 'holder', 'lease_expires', 'created', 'updated', 'op')
-_JSON_COLUMNS = frozenset(('ref', 'holder', 'op'))
 #: Give up on a store that stays locked this long (seconds).
 LOCK_DEADLINE = 60.0
 #: Pauses between attempts on a locked store grow from the first to the
@@ -76,151 +82,32 @@ LAST_PAUSE = 0.025
 TELL_AFTER = 1.0
 
 
-def _row_to_instance(row: tuple, location: str) -> base.Instance:
-    """An instance from its row; a damaged row is read as far as it can
-    be, and says what is wrong with it."""
-    values = dict(zip(_COLUMNS, row))
-    problems = []
-    for key in _JSON_COLUMNS:
-        if values[key] is None:
-            continue
-        try:
-            values[key] = json.loads(values[key])
-        except (TypeError, ValueError):
-            values[key] = None
-            problems.append(f'its {key} column is not valid JSON')
-            continue
-        if not isinstance(values[key], dict):
-            values[key] = None
-            problems.append(f'its {key} column is not a JSON object')
-    for key in ('lease_expires', 'created', 'updated'):
-        if values[key] is not None and not isinstance(
-                values[key], (int, float)):
-            problems.append(f'its {key} column is not a number')
-            values[key] = None if key == 'lease_expires' else 0.0
-    if values['state'] not in base.KNOWN_STATES:
-        problems.append(f'its state {values["state"]!r} is unknown')
-    inst = base.Instance(**values)
-    if problems:
-        inst.problem = (
-            f'{location}: instance row {inst.name!r}: '
-            + '; '.join(problems)
-            + ' (edited by hand, or written by another crcache)')
-    return inst
-
-
-def _encode(key: str, value: Any) -> Any:
-    if key in _JSON_COLUMNS and value is not None:
-        return json.dumps(value, sort_keys=True)
-    return value
-
-
-class SQLiteTransaction(base.Transaction):
-    """A transaction on one SQLite connection."""
-
-    def __init__(self, conn: sqlite3.Connection, location: str) -> None:
-        self._conn = conn
-        self._location = location
-
-    def get(self, name: str) -> base.Instance | None:
-        row = self._conn.execute(
-            f'SELECT {", ".join(_COLUMNS)} FROM instances WHERE name = ?',
-            (name,)).fetchone()
-        return _row_to_instance(row, self._location) if row else None
-
-    def instances(self, source: str | None = None,
-                  states: Iterable[str] | None = None
-                  ) -> list[base.Instance]:
-        sql = f'SELECT {", ".join(_COLUMNS)} FROM instances'
-        where, args = [], []
-        if source is not None:
-            where.append('source = ?')
-            args.append(source)
-        if states is not None:
-            states = list(states)
-            where.append(f'state IN ({", ".join("?" * len(states))})')
-            args.extend(states)
-        if where:
-            sql += ' WHERE ' + ' AND '.join(where)
-        sql += ' ORDER BY source, seq'
-        return [_row_to_instance(r, self._location)
-                for r in self._conn.execute(sql, args)]
-
-    def count(self, source: str,
-              states: Iterable[str] | None = None) -> int:
-        if states is None:
-            return self._conn.execute(
-                'SELECT COUNT(*) FROM instances WHERE source = ?',
-                (source,)).fetchone()[0]
-        states = list(states)
-        return self._conn.execute(
-            'SELECT COUNT(*) FROM instances WHERE source = ? AND state IN '
-            f'({", ".join("?" * len(states))})',
-            [source, *states]).fetchone()[0]
-
-    def next_seq(self, source: str) -> int:
-        row = self._conn.execute(
-            'SELECT next_seq FROM sources WHERE name = ?',
-            (source,)).fetchone()
-        seq = row[0] if row else 0
-        self._conn.execute(
-            'INSERT INTO sources (name, next_seq) VALUES (?, ?) '
-            'ON CONFLICT (name) DO UPDATE SET next_seq = excluded.next_seq',
-            (source, seq + 1))
-        return seq
-
-    def add(self, instance: base.Instance) -> None:
-        now = time.time()
-        instance.created = instance.created or now
-        instance.updated = now
-        values = [_encode(c, getattr(instance, c)) for c in _COLUMNS]
-        self._conn.execute(
-            f'INSERT INTO instances ({", ".join(_COLUMNS)}) VALUES '
-            f'({", ".join("?" * len(_COLUMNS))})', values)
-
-    def update(self, name: str, **fields: Any) -> None:
-        fields['updated'] = time.time()
-        unknown = set(fields) - set(_COLUMNS)
-        if unknown:
-            raise TypeError(f'unknown instance fields: {sorted(unknown)}')
-        assignments = ', '.join(f'{key} = ?' for key in fields)
-        cur = self._conn.execute(
-            f'UPDATE instances SET {assignments} WHERE name = ?',
-            [*(_encode(k, v) for k, v in fields.items()), name])
-        if cur.rowcount != 1:
-            raise exceptions.StoreError(
-                f'instance {name} vanished from the state store')
-
-    def delete(self, name: str) -> None:
-        self._conn.execute('DELETE FROM instances WHERE name = ?', (name,))
-
-    def add_waiter(self, source: str, count: int,
-                   process: dict[str, Any]) -> int:
-        cur = self._conn.execute(
-            'INSERT INTO waiters (source, count, process, created) '
-            'VALUES (?, ?, ?, ?)',
-            (source, count, json.dumps(process), time.time()))
-        return cur.lastrowid
-
-    def waiters(self, source: str) -> list[base.Waiter]:
-        rows = self._conn.execute(
-            'SELECT id, source, count, process, created FROM waiters '
-            'WHERE source = ? ORDER BY id', (source,))
-        return [base.Waiter(r[0], r[1], r[2], json.loads(r[3]), r[4])
-                for r in rows]
-
-    def remove_waiter(self, ticket: int) -> None:
-        self._conn.execute('DELETE FROM waiters WHERE id = ?', (ticket,))
-
-
 class SQLiteStore(base.Store):
     """State kept in a private SQLite database file."""
 
-    def __init__(self, path: str) -> None:
+    opts = [
+        cfg.StrOpt(
+            'path',
+            help='For sqlite stores: the database file (default: '
+                 '$XDG_CACHE_HOME/crcache/<store name>.db). Its directory '
+                 'is made private (0700).'),
+    ]
+
+    @classmethod
+    def from_conf(cls, name: str, conf: Any,
+                  env: Mapping[str, str]) -> 'SQLiteStore':
+        path = conf.path if conf is not None else None
+        if path:
+            path = os.path.abspath(os.path.expanduser(path))
+        else:
+            file = 'state.db' if name == 'local' else f'{name}.db'
+            path = os.path.join(paths.cache_dir(env), file)
+        return cls(path, name=name)
+
+    def __init__(self, path: str, name: str = 'local') -> None:
+        self.name = name
         self.location = path
         self._thread_lock = threading.Lock()
-        #: Told (one line) when a wait for the lock becomes noticeable.
-        self.on_wait = None
         try:
             paths.ensure_private_dir(os.path.dirname(path))
             # Create the file ourselves so it is never world-readable, not
@@ -296,7 +183,7 @@ class SQLiteStore(base.Store):
 
     @contextlib.contextmanager
     def transaction(self, write: bool = True
-                    ) -> Iterator[SQLiteTransaction]:
+                    ) -> Iterator[sql.SQLTransaction]:
         conn = self._conn
         # One connection, one transaction at a time: threads of this
         # process (parallel provisioning) take turns.
@@ -304,7 +191,7 @@ class SQLiteStore(base.Store):
             self._retry(lambda: conn.execute(
                 'BEGIN IMMEDIATE' if write else 'BEGIN'))
             try:
-                yield SQLiteTransaction(conn, self.location)
+                yield sql.SQLTransaction(conn, self.location, self.name)
             except BaseException:
                 conn.execute('ROLLBACK')
                 raise

@@ -34,6 +34,10 @@ class SshSource(base.BackendSource):
     warm_modules = ('crcache.sources.ssh.holder',
                     'crcache.sources.ssh.connection', 'paramiko',
                     'paramiko.config')
+    # How this machine reaches and trusts the host, not which host it is.
+    local_keys = frozenset({'ssh_user', 'ssh_key', 'ssh_known_hosts',
+                            'ssh_host_key_policy', 'ssh_connect_timeout',
+                            'ssh_persist'})
     opts = [
         cfg.StrOpt(
             'ssh_host',

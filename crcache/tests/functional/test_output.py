@@ -74,7 +74,7 @@ class TestFields(base.CLITestCase):
                            '-c', 'lease-expires', '-c', 'command').stdout
         self.assertEqual('local-0  ', out[:len('local-0  ')])
         out = self.crcache('status', '-a', '-f', 'value').stdout
-        self.assertEqual('local 0 1 1  false\n', out)
+        self.assertEqual('local 0 1 1  false local\n', out)
         self.assertNotIn('None', self.crcache('status', '-v', '-f',
                                               'value').stdout)
 
@@ -85,8 +85,8 @@ class TestFields(base.CLITestCase):
         self.assertEqual('name,lease-expires\nlocal-0,\n', out.stdout)
         out = self.crcache('status', '-a', '-f', 'csv', '--quote',
                            'minimal')
-        self.assertEqual('source,cached,in-use,max,path,shadowed\n'
-                         'local,0,1,1,,false\n', out.stdout)
+        self.assertEqual('source,cached,in-use,max,path,shadowed,store\n'
+                         'local,0,1,1,,false,local\n', out.stdout)
 
     def test_acquire_still_prints_bare_names(self) -> None:
         self.write_source('box', type='local', maximum=2)

@@ -61,7 +61,7 @@ class TestSchemas(base.CLITestCase):
         with open(OUTPUT_DOC) as f:
             doc = f.read()
         commands = listers()
-        self.assertEqual({'acquire', 'fill', 'gc', 'status'},
+        self.assertEqual({'acquire', 'fill', 'gc', 'status', 'stores'},
                          set(commands))
         self.assertEqual(sorted(f'{name}.json' for name in commands),
                          sorted(os.listdir(SCHEMAS)))
@@ -170,3 +170,37 @@ class TestSchemas(base.CLITestCase):
         rows = self.output('gc', '--forget', 'gone', fmt='yaml')
         self.assertEqual([('gone-0', 'forgotten')],
                          [(r['name'], r['action']) for r in rows])
+
+    def write_store(self, name: str, root: str | None = None,
+                    **keys: object) -> str:
+        directory = os.path.join(root or self.config_root, 'stores', name)
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, 'store.conf')
+        with open(path, 'w') as f:
+            f.write('[DEFAULT]\n' + ''.join(f'{k}={v}\n'
+                                            for k, v in keys.items()))
+        return path
+
+    def test_stores(self) -> None:
+        from crcache.tests.functional import sshd
+        project = os.path.join(self.project, '.crcache')
+        self.write_store('other', type='sqlite')
+        self.write_store('other', root=project, type='sqlite')
+        self.write_store('broken', type='nosuch')
+        self.write_store('team', type='postgresql',
+                         url=f'postgresql://crcache@127.0.0.1:'
+                         f'{sshd.free_port()}/crcache')
+        rows = {(r['store'], r['shadowed']): r
+                for r in self.validated('stores')}
+        self.assertEqual({('broken', False), ('local', False),
+                          ('other', False), ('other', True),
+                          ('team', False)}, set(rows))
+        self.assertTrue(rows['local', False]['reachable'])
+        self.assertEqual('sqlite', rows['other', False]['type'])
+        self.assertIn("unknown type 'nosuch'",
+                      rows['broken', False]['error'])
+        self.assertFalse(rows['team', False]['reachable'])
+        self.assertTrue(rows['team', False]['shared'])
+        self.assertIn('cannot reach the state store',
+                      rows['team', False]['error'])
+        self.assertIsNone(rows['other', True]['reachable'])

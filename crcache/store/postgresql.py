@@ -1,0 +1,250 @@
+"""The shared state store: a PostgreSQL database a team's machines share.
+
+A ``store.conf`` of ``type = postgresql`` names the database with ``url``,
+a libpq URI (``postgresql://crcache@db.example.com/crcache``); passwords
+come from libpq's usual places (``~/.pgpass``, ``PGPASSWORD``, a service
+file), never from the file. psycopg 3 is imported only when such a store
+is used, so the embedded default's start-up never pays for it.
+
+The tables are the SQLite store's (:mod:`crcache.store.sql`). Write
+transactions are serialised by a transaction-scoped advisory lock, which
+gives them the same exclusive, short critical section as SQLite's
+``BEGIN IMMEDIATE`` on every machine at once; reads take a consistent
+snapshot and no lock. The schema is versioned in the ``meta`` table: a
+crcache older than the database refuses with the version it needs, a
+newer one upgrades the schema in one transaction. A database that goes
+away mid-command fails that command with one line; every row already
+written says what may exist, and ``crcache gc`` settles the rest once
+the database is back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from oslo_config import cfg
+
+from crcache import exceptions
+from crcache.conftypes import Duration
+from crcache.store import base
+from crcache.store import sql
+
+SCHEMA_VERSION = 1
+#: The advisory lock that serialises crcache's writers (an arbitrary
+#: 64-bit constant: 'crcache' in ASCII).
+LOCK_KEY = 0x6372636163686500
+#: Seconds to wait for the server to answer a connection.
+CONNECT_TIMEOUT = 10
+_MIGRATIONS = {1: '''
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sources (
+    name TEXT PRIMARY KEY,
+    next_seq BIGINT NOT NULL,
+    fingerprint TEXT,
+    origin TEXT
+);
+CREATE TABLE IF NOT EXISTS instances (
+    name TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    ref TEXT,
+    concurrency INTEGER,
+    child TEXT,
+    parent TEXT,
+    holder TEXT,
+    lease_expires DOUBLE PRECISION,
+    created DOUBLE PRECISION NOT NULL,
+    updated DOUBLE PRECISION NOT NULL,
+    op TEXT
+);
+CREATE INDEX IF NOT EXISTS instances_by_source
+    ON instances (source, state, seq);
+CREATE TABLE IF NOT EXISTS waiters (
+    id BIGSERIAL PRIMARY KEY,
+    source TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    process TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL
+)
+'''}
+
+
+def shown(url: str) -> str:
+    """``url`` as messages show it: without a password."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    host = parts.hostname or ''
+    if parts.port:
+        host += f':{parts.port}'
+    netloc = f'{parts.username}@{host}' if parts.username else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _reason(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+class PostgreSQLStore(base.Store):
+    """State kept in a PostgreSQL database, shared by many machines."""
+
+    shared = True
+    warm_modules = ('psycopg',)
+    opts = [
+        cfg.StrOpt(
+            'url',
+            help='For postgresql stores: the database, as a libpq URI '
+                 '(postgresql://user@host:port/dbname, or with '
+                 '?host=/socket/dir). Passwords come from ~/.pgpass, '
+                 'PGPASSWORD or a service file, not from here. Required '
+                 'for type=postgresql.'),
+        cfg.Opt(
+            'heartbeat_timeout',
+            type=Duration(),
+            default=30,
+            help='For postgresql stores: work in progress (provisioning, '
+                 'discarding) whose worker on another machine has not '
+                 'renewed its heartbeat for this long (a duration) is '
+                 'taken to be abandoned: crcache gc on any machine may '
+                 'then finish or undo it. Workers beat several times '
+                 'within it.'),
+    ]
+
+    @classmethod
+    def from_conf(cls, name: str, conf: Any,
+                  env: Mapping[str, str]) -> 'PostgreSQLStore':
+        return cls(conf.url, name=name,
+                   heartbeat_timeout=conf.heartbeat_timeout)
+
+    def __init__(self, url: str, name: str = 'shared',
+                 heartbeat_timeout: float = 30.0) -> None:
+        self.name = name
+        self.heartbeat_timeout = heartbeat_timeout
+        self.url = url
+        self.location = shown(url)
+        self._lock = threading.Lock()
+        try:
+            import psycopg
+        except ImportError:
+            raise exceptions.StoreError(
+                f'store {name!r} is a PostgreSQL database, but psycopg is '
+                "not installed (pip install 'psycopg[binary]')")
+        self._errors = (psycopg.Error,)
+        self._operational = psycopg.OperationalError
+        try:
+            self._conn = psycopg.connect(url, autocommit=True,
+                                         connect_timeout=CONNECT_TIMEOUT)
+        except psycopg.Error as err:
+            raise exceptions.StoreError(
+                f'cannot reach the state store {self.location} (store '
+                f'{name!r}): {_reason(err)}')
+        self._ensure_schema()
+
+    def _ensure_schema(self) -> None:
+        # Usually the schema is there and current: a read, no lock.
+        with self.transaction(write=False) as tx:
+            conn = tx._conn
+            version, store_id = 0, None
+            if conn.execute("SELECT to_regclass('meta') IS NOT NULL"
+                            ).fetchone()[0]:
+                found = dict(conn.execute(
+                    "SELECT key, value FROM meta WHERE key IN "
+                    "('schema_version', 'store_id')").fetchall())
+                version = int(found.get('schema_version', 0))
+                store_id = found.get('store_id')
+        self._check_version(version)
+        if version == SCHEMA_VERSION and store_id:
+            self.store_id = store_id
+            return
+        # Made or upgraded in one transaction, under the writers' lock.
+        with self.transaction() as tx:
+            conn = tx._conn
+            version = 0
+            if conn.execute("SELECT to_regclass('meta') IS NOT NULL"
+                            ).fetchone()[0]:
+                row = conn.execute(
+                    "SELECT value FROM meta WHERE key = 'schema_version'"
+                ).fetchone()
+                version = int(row[0]) if row else 0
+            self._check_version(version)
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[step].split(';'):
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES "
+                "('schema_version', %s) ON CONFLICT (key) DO UPDATE "
+                "SET value = excluded.value", (str(SCHEMA_VERSION),))
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('store_id', %s) "
+                "ON CONFLICT (key) DO NOTHING", (uuid.uuid4().hex[:12],))
+            self.store_id = conn.execute(
+                "SELECT value FROM meta WHERE key = 'store_id'"
+            ).fetchone()[0]
+
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise exceptions.StoreError(
+                f'the state store {self.location} has schema version '
+                f'{version}, newer than this crcache knows '
+                f'({SCHEMA_VERSION}): upgrade crcache on this machine to '
+                'use it')
+
+    @contextlib.contextmanager
+    def transaction(self, write: bool = True
+                    ) -> Iterator[sql.SQLTransaction]:
+        # One connection, one transaction at a time: threads of this
+        # process (parallel provisioning) take turns.
+        with self._lock:
+            conn = self._conn
+            try:
+                if write:
+                    conn.execute('BEGIN')
+                    conn.execute('SELECT pg_advisory_xact_lock(%s)',
+                                 (LOCK_KEY,))
+                else:
+                    conn.execute('BEGIN ISOLATION LEVEL REPEATABLE READ '
+                                 'READ ONLY')
+            except self._errors as err:
+                raise self._failure(err)
+            try:
+                yield sql.SQLTransaction(conn, self.location, self.name,
+                                         placeholder='%s')
+            except BaseException as err:
+                with contextlib.suppress(*self._errors):
+                    conn.execute('ROLLBACK')
+                if isinstance(err, self._errors):
+                    raise self._failure(err) from None
+                raise
+            try:
+                conn.execute('COMMIT')
+            except self._errors as err:
+                raise self._failure(err)
+
+    def _failure(self, err: BaseException) -> exceptions.StoreError:
+        """A database error as the one line the user sees."""
+        if isinstance(err, self._operational) or self._conn.closed:
+            return exceptions.StoreError(
+                f'lost the state store {self.location} (store '
+                f'{self.name!r}): {_reason(err)}; nothing of this command '
+                "after that was done (crcache gc settles what was under "
+                'way once the database is back)')
+        return exceptions.StoreError(
+            f'the state store {self.location} refused: {_reason(err)}')
+
+    def close(self) -> None:
+        with contextlib.suppress(*self._errors):
+            self._conn.close()
