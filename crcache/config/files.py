@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import re
 import stat
@@ -24,6 +25,8 @@ from oslo_config import cfg
 from oslo_config import types
 
 from crcache import exceptions
+
+LOG = logging.getLogger(__name__)
 
 #: Names become instance names, directory names and shell words.
 NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z')
@@ -128,8 +131,13 @@ def load(path: str | None, keys: Keys, opts: list[cfg.Opt],
          defaults: dict[str, Any] | None = None) -> cfg.ConfigOpts:
     """``keys`` (read from ``path``) as ``opts``, every value checked."""
     by_name = {opt.dest: opt for opt in opts}
+    renamed = {old.name: opt.dest for opt in opts
+               for old in opt.deprecated_opts
+               if old.group in (None, 'DEFAULT') and old.name}
     for key in keys:
-        if key not in by_name:
+        if key in renamed and key not in by_name:
+            _check_renamed(path, keys, key, renamed[key])
+        elif key not in by_name:
             closest = difflib.get_close_matches(
                 key, list(by_name), n=1, cutoff=0)
             raise exceptions.ConfigError(
@@ -162,6 +170,31 @@ def load(path: str | None, keys: Keys, opts: list[cfg.Opt],
             path, f"invalid value for '{key}': {raw!r} "
             f'({one_line(problem)})')
     return conf
+
+
+def _check_renamed(path: str | None, keys: Keys, old: str,
+                   new: str) -> None:
+    """``old`` is a key's former name: refuse it beside ``new``, else
+    warn (once per file and key) that it is deprecated."""
+    if new in keys:
+        raise exceptions.ConfigError(
+            path, f"both {old!r} and {new!r} are set: {old!r} is the "
+            f"deprecated name of {new!r}; keep only {new!r}")
+    if (path, old) not in _WARNED:
+        _WARNED.add((path, old))
+        LOG.warning('%s: key %r is deprecated: use %r', path, old, new)
+
+
+class _NoOsloDeprecation(logging.Filter):
+    """oslo.config's own deprecation message names groups and options,
+    which a source.conf does not have: crcache says it its own way."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return 'is deprecated' not in str(record.msg)
+
+
+_WARNED: set[tuple[str | None, str]] = set()
+logging.getLogger('oslo_config.cfg').addFilter(_NoOsloDeprecation())
 
 
 def one_line(text: str) -> str:

@@ -61,6 +61,30 @@ class TestConfigErrors(base.CLITestCase):
         path = self.write_source('x', type='local', reserv=1)
         self.assertConfigError(path, "'reserv'", "'reserve'")
 
+    def test_deprecated_key_names_work_with_a_warning(self) -> None:
+        # docker's first-release names, before every key carried its
+        # type's name; nothing here reaches an engine.
+        path = self.write_source('box', type='docker', image='busybox',
+                                 pull='never',
+                                 docker_host='unix:///nonexistent.sock')
+        for _ in range(2):
+            result = self.crcache('status', '-f', 'json')
+            [row] = [row for row in json.loads(result.stdout)
+                     if row['source'] == 'box']
+            self.assertIsNone(row.get('error'))
+            self.assertEqual(
+                [f"crcache: {path}: key 'image' is deprecated: use "
+                 "'docker_image'",
+                 f"crcache: {path}: key 'pull' is deprecated: use "
+                 "'docker_pull'"],
+                sorted(result.stderr.splitlines()), str(result))
+
+    def test_deprecated_key_beside_its_new_name(self) -> None:
+        path = self.write_source('x', type='docker', image='busybox',
+                                 docker_image='debian')
+        self.assertConfigError(path, "'image'", "'docker_image'",
+                               'deprecated')
+
     def test_value_not_a_number(self) -> None:
         path = self.write_source('x', type='local', reserve='abc')
         self.assertConfigError(path, "'reserve'", 'abc')

@@ -26,7 +26,8 @@ class TestDocker(testing.SourceConformance, testtools.TestCase):
         self.host, self.image = dockerd.engine(self)
         # Runs after the suite has released what the test held.
         self.addCleanup(self._remove_containers)
-        return {'type': 'docker', 'image': self.image, 'pull': 'never',
+        return {'type': 'docker', 'docker_image': self.image,
+                'docker_pull': 'never',
                 'docker_host': self.host}
 
     def unreachable_keys(self) -> dict:

@@ -68,8 +68,8 @@ class DockerTestCase(base.CLITestCase):
 
     def write_box(self, name: str = 'box', **keys: object) -> str:
         return self.write_source(
-            name, **dict({'type': 'docker', 'image': self.image,
-                          'pull': 'never'}, **keys))
+            name, **dict({'type': 'docker', 'docker_image': self.image,
+                          'docker_pull': 'never'}, **keys))
 
     @property
     def client(self):
@@ -154,7 +154,7 @@ class TestAcquireRunRelease(DockerTestCase):
         self.assertOneLineError(result, f"unknown instance '{name}'")
 
     def test_concurrency_from_the_cpu_limit(self) -> None:
-        self.write_box(cpus=1.5)
+        self.write_box(docker_cpus=1.5)
         out = self.crcache('acquire', '-s', 'box', '-f', 'json').stdout
         [row] = json.loads(out)
         self.assertEqual(2, row['concurrency'], row)
@@ -599,10 +599,10 @@ class TestErrors(DockerTestCase):
         self.assertEqual([], self.containers())
 
     def test_image_missing_with_pull_never(self) -> None:
-        self.write_box(image='nosuch/image:1')
+        self.write_box(docker_image='nosuch/image:1')
         result = self.crcache('acquire', '-s', 'box', expect=None)
         self.assertOneLineError(result, "'box'", 'nosuch/image:1',
-                                'pull=never')
+                                'docker_pull=never')
         self.assertEqual([], self.containers())
         row = self.status('box')['box']
         self.assertEqual((0, 0), (row['in-use'], row['cached']), row)
