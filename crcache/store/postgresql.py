@@ -38,6 +38,8 @@ SCHEMA_VERSION = 1
 #: The advisory lock that serialises crcache's writers (an arbitrary
 #: 64-bit constant: 'crcache' in ASCII).
 LOCK_KEY = 0x6372636163686500
+#: What starts a write transaction: the lock is taken inside it.
+_BEGIN_LOCKED = f'BEGIN; SELECT pg_advisory_xact_lock({LOCK_KEY})'
 #: Seconds to wait for the server to answer a connection.
 CONNECT_TIMEOUT = 10
 _MIGRATIONS = {1: '''
@@ -143,6 +145,7 @@ class PostgreSQLStore(base.Store):
                 f'store {name!r} is a PostgreSQL database, but psycopg is '
                 "not installed (pip install 'psycopg[binary]')")
         self._errors = (psycopg.Error,)
+        self._undefined_table = psycopg.errors.UndefinedTable
         self._operational = psycopg.OperationalError
         try:
             self._conn = psycopg.connect(url, autocommit=True,
@@ -154,17 +157,21 @@ class PostgreSQLStore(base.Store):
         self._ensure_schema()
 
     def _ensure_schema(self) -> None:
-        # Usually the schema is there and current: a read, no lock.
-        with self.transaction(write=False) as tx:
-            conn = tx._conn
-            version, store_id = 0, None
-            if conn.execute("SELECT to_regclass('meta') IS NOT NULL"
-                            ).fetchone()[0]:
-                found = dict(conn.execute(
+        # Usually the schema is there and current: one statement, one
+        # round trip, no lock (the connection is in autocommit mode).
+        version, store_id = 0, None
+        try:
+            with self._lock:
+                found = dict(self._conn.execute(
                     "SELECT key, value FROM meta WHERE key IN "
                     "('schema_version', 'store_id')").fetchall())
-                version = int(found.get('schema_version', 0))
-                store_id = found.get('store_id')
+        except self._undefined_table:
+            pass  # a new database: made below
+        except self._errors as err:
+            raise self._failure(err)
+        else:
+            version = int(found.get('schema_version', 0))
+            store_id = found.get('store_id')
         self._check_version(version)
         if version == SCHEMA_VERSION and store_id:
             self.store_id = store_id
@@ -212,9 +219,8 @@ class PostgreSQLStore(base.Store):
             conn = self._conn
             try:
                 if write:
-                    conn.execute('BEGIN')
-                    conn.execute('SELECT pg_advisory_xact_lock(%s)',
-                                 (LOCK_KEY,))
+                    # One round trip: both statements in one message.
+                    conn.execute(_BEGIN_LOCKED)
                 else:
                     conn.execute('BEGIN ISOLATION LEVEL REPEATABLE READ '
                                  'READ ONLY')
