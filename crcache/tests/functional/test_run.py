@@ -1,12 +1,12 @@
-"""``crcache run``: argv, streams and exit status, as a script sees them."""
+"""``crcache run``: argv, streams and exit status, as a script sees them.
+Run semantics every source shares (quoting, streams, exit status,
+signals) are the conformance suite's
+(:mod:`crcache.tests.functional.test_conformance_local`).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import os
-import signal
-import subprocess
-import time
 
 from crcache.tests.functional import base
 
@@ -18,33 +18,6 @@ class RunMixin:
         super().setUp()
         self.write_source('pool', type='pool', sources='local')
         self.name = self.crcache('acquire', '-s', 'pool').stdout.strip()
-
-    def test_assignments_and_quoting(self) -> None:
-        result = self.crcache('run', self.name, '--', 'A=1', 'B=x y', 'sh',
-                              '-c', 'echo "$A|$B|$0"', 'arg zero')
-        self.assertEqual('1|x y|arg zero\n', result.stdout)
-
-    def test_single_word_is_a_command_line(self) -> None:
-        result = self.crcache('run', self.name, 'echo a && echo b')
-        self.assertEqual('a\nb\n', result.stdout)
-
-    def test_exit_status(self) -> None:
-        self.crcache('run', self.name, 'exit 7', expect=7)
-
-    def test_signal_death_is_128_plus_n(self) -> None:
-        self.crcache('run', self.name, 'kill -KILL $$', expect=137)
-
-    def test_streams_stay_apart(self) -> None:
-        result = self.crcache('run', self.name, 'echo out; echo err >&2')
-        self.assertEqual('out\n', result.stdout)
-        self.assertEqual('err\n', result.stderr)
-
-    def test_binary_stdin_and_stdout(self) -> None:
-        data = os.urandom(4 << 20) + bytes(range(256))
-        result = self.crcache('run', self.name, 'cat', input=data,
-                              binary=True)
-        self.assertEqual(hashlib.sha256(data).hexdigest(),
-                         hashlib.sha256(result.stdout).hexdigest())
 
     def test_caller_environment_and_directory(self) -> None:
         subdir = os.path.join(self.project, 'sub')
@@ -73,34 +46,6 @@ class RunMixin:
     def test_unknown_instance(self) -> None:
         result = self.crcache('run', 'nosuch-3', 'true', expect=255)
         self.assertOneLineError(result, "unknown instance 'nosuch-3'")
-
-    def test_sigterm_reaches_the_command(self) -> None:
-        marker = os.path.join(self.home, 'terminated')
-        proc = subprocess.Popen(
-            [base.CRCACHE, 'run', self.name,
-             f"trap 'touch {marker}; exit 5' TERM; "
-             'echo ready; while :; do sleep 0.1; done'],
-            env=self.env, cwd=self.project, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.addCleanup(proc.kill)
-        self.assertEqual(b'ready\n', proc.stdout.readline())
-        proc.send_signal(signal.SIGTERM)
-        self.assertEqual(5, proc.wait(timeout=30))
-        self.assertTrue(os.path.exists(marker))
-
-    def test_sigint_goes_to_the_command(self) -> None:
-        # As Ctrl-C: the whole process group gets SIGINT.
-        proc = subprocess.Popen(
-            [base.CRCACHE, 'run', self.name, 'echo ready; exec sleep 30'],
-            env=self.env, cwd=self.project, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True)
-        self.addCleanup(proc.kill)
-        self.assertEqual(b'ready\n', proc.stdout.readline())
-        time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGINT)
-        self.assertEqual(130, proc.wait(timeout=30))
-        self.assertNotIn(b'Traceback', proc.stderr.read())
 
 
 class TestRun(RunMixin, base.CLITestCase):

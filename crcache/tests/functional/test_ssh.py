@@ -4,6 +4,11 @@ Every test starts its own sshd (:mod:`crcache.tests.functional.sshd`) on a
 loopback port and reaches it as the source ``host``, with a known_hosts
 file in the test's home and a runtime directory of its own, so the
 connection holders a test leaves behind can be watched and go with it.
+What every source type must do (run semantics, streams, signals, copies,
+leak sweeps) is the conformance suite's
+(:mod:`crcache.tests.functional.test_conformance_ssh`); what is here is
+ssh's own: host keys, connection errors, ~/.ssh/config, the connection
+holder, the login shell and large streams.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import stat
 import subprocess
 import threading
 import time
-import uuid
 
 from crcache.tests.functional import base
 from crcache.tests.functional import hostile
@@ -95,7 +99,6 @@ class SSHTestCase(base.CLITestCase):
             except ProcessLookupError:
                 pass
 
-
     def in_terminal_within(self, timeout: float, *args: str,
                            input: bytes) -> tuple[int, bytes]:
         """:meth:`in_terminal`, killing a command still there at timeout.
@@ -138,38 +141,6 @@ class RunMixin:
         super().setUp()
         self.name = self.acquire()
 
-    def test_acquire_run_release(self) -> None:
-        self.assertEqual('host-0', self.name)
-        row = self.status('host')['host']
-        self.assertEqual((1, 1), (row['in-use'], row['max']), row)
-        result = self.run_on(self.name, 'whoami')
-        self.assertEqual(f'{self.server.user}\n', result.stdout)
-        self.assertEqual('', result.stderr)
-        self.crcache('release', self.name)
-        row = self.status('host')['host']
-        self.assertEqual(0, row['in-use'], row)
-        result = self.run_on(self.name, 'true', expect=255)
-        self.assertOneLineError(result, "unknown instance 'host-0'")
-
-    def test_assignments_and_quoting(self) -> None:
-        result = self.run_on(self.name, '--', 'A=1', 'sh', '-c', 'echo $A')
-        self.assertEqual('1\n', result.stdout)
-        result = self.run_on(self.name, '--', 'A=1', 'B=x y', 'sh', '-c',
-                             'echo "$A|$B|$0"', 'arg zero')
-        self.assertEqual('1|x y|arg zero\n', result.stdout)
-
-    def test_single_word_is_a_command_line(self) -> None:
-        result = self.run_on(self.name, 'echo a && echo b')
-        self.assertEqual('a\nb\n', result.stdout)
-
-    def test_exit_status(self) -> None:
-        self.run_on(self.name, 'exit 7', expect=7)
-        self.run_on(self.name, 'true', expect=0)
-
-    def test_signal_death_is_128_plus_n(self) -> None:
-        self.run_on(self.name, 'kill -KILL $$', expect=137)
-        self.run_on(self.name, 'kill -TERM $$', expect=143)
-
     def test_the_login_shell_runs_the_line(self) -> None:
         # As "ssh host LINE" does: rc files, bash-isms and all.
         import pwd
@@ -188,66 +159,6 @@ class RunMixin:
         self.assertEqual(len(data), len(result.stdout))
         self.assertEqual(hashlib.sha256(data).hexdigest(),
                          hashlib.sha256(result.stdout).hexdigest())
-
-    def test_streams_stay_apart(self) -> None:
-        result = self.run_on(self.name, 'echo out; echo err >&2; echo out2')
-        self.assertEqual('out\nout2\n', result.stdout)
-        self.assertEqual('err\n', result.stderr)
-
-    def test_stdin_eof_reaches_the_command(self) -> None:
-        result = self.run_on(self.name, 'wc -c', input='x' * 12345 + '\n')
-        self.assertEqual('12346', result.stdout.strip())
-        # No input at all is an immediate EOF too, not a hang.
-        result = self.run_on(self.name, 'cat; echo done', timeout=30)
-        self.assertEqual('done\n', result.stdout)
-
-    def test_sigterm_reaches_the_command(self) -> None:
-        # The trap is set before "ready", so the signal cannot come first.
-        proc = self.start(
-            'run', self.name,
-            'trap "echo got TERM; exit 7" TERM; echo ready; '
-            'while :; do sleep 0.1; done')
-        self.assertEqual(b'ready\n', proc.stdout.readline())
-        proc.send_signal(signal.SIGTERM)
-        self.assertEqual(7, proc.wait(timeout=30))
-        self.assertEqual(b'got TERM\n', proc.stdout.read())
-        self.assertNotIn(b'Traceback', proc.stderr.read())
-
-    def test_sigint_ends_the_remote_command(self) -> None:
-        # As Ctrl-C: the whole process group gets SIGINT. The sleep has a
-        # duration of its own, to find it on the host with pgrep;
-        # "slee[p]" keeps pgrep from finding the shell that runs pgrep.
-        duration = f'31.{uuid.uuid4().int % 10 ** 9:09d}'
-        sleeping = f"pgrep -f 'slee[p] {duration}' || echo none"
-        proc = subprocess.Popen(
-            [base.CRCACHE, 'run', self.name,
-             f'echo ready; exec sleep {duration}'],
-            env=self.env, cwd=self.project, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True)
-        self.addCleanup(proc.wait)
-        self.addCleanup(proc.kill)
-        self.assertEqual(b'ready\n', proc.stdout.readline())
-        self.assertNotEqual('none\n',
-                            self.run_on(self.name, sleeping).stdout)
-        started = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)
-        self.assertEqual(130, proc.wait(timeout=10))
-        self.assertLess(time.monotonic() - started, 5)
-        self.assertNotIn(b'Traceback', proc.stderr.read())
-        # The remote sleep is gone too.
-        self.wait_for(
-            lambda: self.run_on(self.name, sleeping).stdout == 'none\n',
-            5, 'the remote sleep to end')
-
-    def test_reader_that_stops_early(self) -> None:
-        # As with ssh, "yes | head" ends when head has read its line.
-        proc = subprocess.run(
-            ['sh', '-c', '"$0" run "$1" yes | head -n 1', base.CRCACHE,
-             self.name], env=self.env, cwd=self.project,
-            stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            timeout=30)
-        self.assertEqual(('y\n', ''), (proc.stdout, proc.stderr))
 
 
 class TestRunThroughHolder(RunMixin, SSHTestCase):
@@ -292,75 +203,6 @@ class TestCopy(SSHTestCase):
         self.write_file(os.path.join(self.tree, 'sub', 'deeper', 'blob'),
                     bytes(range(256)) * 1000, 0o600)
         os.chmod(os.path.join(self.tree, 'sub'), 0o751)
-
-    def test_file_up_and_down(self) -> None:
-        src = os.path.join(self.tree, 'sub', 'run.sh')
-        self.crcache('cp', src, f'{self.name}:{self.remote}/run.sh')
-        result = self.run_on(self.name, f'stat -c %a {self.remote}/run.sh;'
-                             f' {self.remote}/run.sh')
-        self.assertEqual('750\nran\n', result.stdout)
-
-        self.run_on(self.name, f"printf 'one\\ntwo\\n' > {self.remote}/f; "
-                    f'chmod 640 {self.remote}/f')
-        dst = os.path.join(self.home, 'f.copy')
-        self.crcache('cp', f'{self.name}:{self.remote}/f', dst)
-        with open(dst) as f:
-            self.assertEqual('one\ntwo\n', f.read())
-        self.assertEqual(0o640, _mode(dst))
-
-    def test_tree_up_and_down(self) -> None:
-        expected = self.local_listing(self.tree)
-        self.crcache('cp', '-r', self.tree, f'{self.name}:{self.remote}')
-        self.assertEqual(expected,
-                         self.remote_listing(self.name, f'{self.remote}/tree'))
-
-        target = os.path.join(self.home, 'target')
-        os.mkdir(target)
-        self.crcache('cp', '-r', f'{self.name}:{self.remote}/tree', target)
-        self.assertEqual(expected,
-                         self.local_listing(os.path.join(target, 'tree')))
-
-    def test_remote_relative_paths_are_in_the_home(self) -> None:
-        name = f'crcache-test-{uuid.uuid4().hex}'
-        self.addCleanup(self.crcache, 'run', self.name, 'rm', '-f', name,
-                        expect=None)
-        src = os.path.join(self.tree, 'data.txt')
-        self.crcache('cp', src, f'{self.name}:{name}')
-        result = self.run_on(self.name, f'cat ~/{name}; cat {name}')
-        self.assertEqual('data\ndata\n', result.stdout)
-        dst = os.path.join(self.home, 'back.txt')
-        self.crcache('cp', f'{self.name}:{name}', dst)
-        with open(dst) as f:
-            self.assertEqual('data\n', f.read())
-
-    def test_missing_paths_name_the_instance(self) -> None:
-        dst = os.path.join(self.home, 'dst')
-        for path in (f'{self.remote}/nosuch', 'nosuch', '-nosuch'):
-            for flags in ((), ('-r',)):
-                result = self.crcache('cp', *flags, f'{self.name}:{path}',
-                                      dst, expect=None)
-                self.assertEqual(
-                    (1, f'crcache: {self.name}:{path}: no such file or '
-                     'directory\n'),
-                    (result.returncode, result.stderr), str(result))
-        self.assertFalse(os.path.lexists(dst))
-        src = os.path.join(self.tree, 'data.txt')
-        for flags, what in (((), src), (('-r',), self.tree)):
-            for parent in (f'{self.remote}/no/such', 'no/such', '-no'):
-                result = self.crcache('cp', *flags, what,
-                                      f'{self.name}:{parent}/x',
-                                      expect=None)
-                self.assertEqual(
-                    (1, f'crcache: {self.name}:{parent}: no such '
-                     'directory\n'),
-                    (result.returncode, result.stderr), str(result))
-
-    def test_directory_without_r_names_the_instance(self) -> None:
-        result = self.crcache('cp', f'{self.name}:{self.remote}',
-                              os.path.join(self.home, 'dst'), expect=None)
-        self.assertEqual(
-            f'crcache: {self.name}:{self.remote}: is a directory (use -r '
-            'to copy directories)\n', result.stderr)
 
 
 class TestHostKeys(SSHTestCase):
@@ -612,7 +454,6 @@ class TestConnectionHolder(SSHTestCase):
         new = self._connection(name)
         self.assertNotEqual(old, new)
         self.assertEqual(str(self.server.port), new.split()[3])
-
 
     # -- as careful as the agent ---------------------------------------------
 
