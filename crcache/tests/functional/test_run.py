@@ -1,4 +1,5 @@
 """``crcache run``: argv, streams and exit status, as a script sees them.
+
 Run semantics every source shares (quoting, streams, exit status,
 signals) are the conformance suite's
 (:mod:`crcache.tests.functional.test_conformance_local`).
