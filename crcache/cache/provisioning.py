@@ -195,10 +195,15 @@ class Provisioner:
             for claim in new:
                 current = tx.get(claim.instance.name)
                 if current is None or records.taken_over(current):
+                    fate = ('its row is gone' if current is None else
+                            'it is being discarded by '
+                            + records.describe_process(current.op))
                     raise exceptions.SourceError(
                         claim.instance.source, f'{claim.instance.name} was '
-                        'reclaimed while it was provisioning (it took '
-                        'longer than provision_timeout)')
+                        f'reclaimed while it was provisioning ({fate}): '
+                        'crcache gc takes over work that runs past twice '
+                        "provision_timeout, or whose worker's heartbeat "
+                        'stopped on a shared store')
             for claim in new:
                 top = id(claim) in tops
                 tx.update(claim.instance.name,
