@@ -12,13 +12,25 @@ import base64
 import json
 import os
 import posixpath
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from crcache import exceptions
 from crcache.sources import base
 
-if TYPE_CHECKING:
-    from crcache.sources.docker.source import DockerSource
+
+class DockerSource(Protocol):
+    """What copies need of the docker source (typed here, so that this
+    module does not import the one that uses it)."""
+
+    conf: Any
+    api: Any
+
+    def call(self, what: str, func: Any, *args: Any,
+             **kwargs: Any) -> Any: ...
+
+    def error(self, message: str) -> exceptions.SourceError: ...
+
+    def check_running(self, ref: base.Ref) -> dict: ...
 
 #: Go's os.ModeDir, as the engine reports modes.
 _GO_DIR = 1 << 31

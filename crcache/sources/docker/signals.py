@@ -8,12 +8,17 @@ container, for the process group the command's wrapper reported
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from crcache.sources import base
 
-if TYPE_CHECKING:
-    from crcache.sources.docker.source import DockerSource
+
+class DockerSource(Protocol):
+    """What signalling needs of the docker source (typed here, so that
+    this module does not import the one that uses it)."""
+
+    def request(self, what: str, method: str, path: str,
+                body: dict | None = None) -> Any: ...
 
 
 class ExecSignals:
