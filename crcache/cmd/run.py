@@ -72,7 +72,7 @@ class Run(base.Command):
                  'command in the same place everywhere.')
         parser.add_argument(
             'command', nargs=argparse.REMAINDER,
-            metavar='[INSTANCE] [--] COMMAND',
+            metavar='INSTANCE [--] COMMAND',
             help='The instance (unless -s is given), then the command and '
                  'its arguments.')
         return parser

@@ -254,3 +254,8 @@ class PostgreSQLStore(base.Store):
     def close(self) -> None:
         with contextlib.suppress(*self._errors):
             self._conn.close()
+
+
+def list_opts() -> list[tuple[str | None, list]]:
+    """``oslo.config.opts`` entry point for the postgresql store's keys."""
+    return [(None, PostgreSQLStore.opts)]

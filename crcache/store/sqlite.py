@@ -205,3 +205,8 @@ class SQLiteStore(base.Store):
 
     def close(self) -> None:
         self._conn.close()
+
+
+def list_opts() -> list[tuple[str | None, list]]:
+    """``oslo.config.opts`` entry point for the sqlite store's keys."""
+    return [(None, SQLiteStore.opts)]
