@@ -8,7 +8,8 @@ message that names the file, key, source or instance at fault.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import subprocess
+from collections.abc import Iterable, Sequence
 
 
 class CrcacheError(Exception):
@@ -122,3 +123,35 @@ class PartialFailure(CrcacheError):
         noun = 'instance' if total == 1 else 'instances'
         super().__init__(
             f'{len(failures)} of {total} {noun} failed to {verb}: {details}')
+
+
+class CommandFailed(CrcacheError, subprocess.CalledProcessError):
+    """A command run with ``check=True`` exited with a non-zero status.
+
+    Raised by :meth:`crcache.api.Instance.run`. It is also a
+    :class:`subprocess.CalledProcessError`, with the same attributes
+    (``returncode``, ``cmd``, ``output``/``stdout`` and ``stderr``, the
+    latter two None unless captured), so code written for
+    ``subprocess.run(..., check=True)`` handles it unchanged;
+    ``instance`` names the instance the command ran on.
+    """
+
+    def __init__(self, returncode: int, cmd: str | Sequence[str],
+                 output: bytes | None = None, stderr: bytes | None = None,
+                 instance: str | None = None) -> None:
+        subprocess.CalledProcessError.__init__(self, returncode, cmd,
+                                               output, stderr)
+        self.instance = instance
+
+    def __str__(self) -> str:
+        import shlex
+        cmd = self.cmd if isinstance(self.cmd, str) else \
+            shlex.join(self.cmd)
+        if len(cmd) > 60:
+            cmd = cmd[:57] + '...'
+        where = f'{self.instance}: ' if self.instance else ''
+        return f'{where}command {cmd!r} exited with status {self.returncode}'
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.returncode, self.cmd, self.output,
+                             self.stderr, self.instance))

@@ -40,12 +40,21 @@ _running: list[tuple[str, list[str]]] = []
 
 @contextlib.contextmanager
 def naming(instance: str, argv: list[str]) -> Iterator[None]:
-    """Name ``instance`` and ``argv`` in what a second SIGINT reports."""
-    _running.append((instance, argv))
+    """Name ``instance`` and ``argv`` in what a second SIGINT reports.
+
+    Several threads may run commands at once (the Python API): each
+    takes its own entry out again, and the latest one is reported.
+    """
+    entry = (instance, argv)
+    _running.append(entry)
     try:
         yield
     finally:
-        _running.pop()
+        # By identity: two threads may run the same command line.
+        for i in range(len(_running) - 1, -1, -1):
+            if _running[i] is entry:
+                del _running[i]
+                break
 
 
 def exit_status(returncode: int) -> int:

@@ -7,10 +7,13 @@ which is what every source type's shell would pass on.
 
 from __future__ import annotations
 
+import os
 import subprocess
 
+import fixtures
 import testtools
 
+from crcache import exceptions
 from crcache.transport import cmdline
 
 def shell(line: str, env: dict[str, str] | None = None) -> str:
@@ -96,3 +99,54 @@ class TestJoin(testtools.TestCase):
                              'zero arg', 'one $arg'])
         self.assertEqual(['zero arg', 'one $arg'],
                          shell(line).split('\0')[:-1])
+
+
+class TestInDirectory(testtools.TestCase):
+
+    def test_runs_there(self) -> None:
+        directory = self.useFixture(fixtures.TempDir()).path
+        odd = os.path.join(directory, "it's a $dir; `x`")
+        os.mkdir(odd)
+        self.assertEqual(odd + '\n', shell(cmdline.in_directory(odd, 'pwd')))
+
+    def test_a_directory_that_cannot_be_entered_runs_nothing(self) -> None:
+        # Not even after an || in the command line.
+        proc = subprocess.run(
+            ['/bin/sh', '-c', cmdline.in_directory(
+                '/nonexistent', 'false || echo ran')],
+            capture_output=True, text=True, env={'PATH': '/usr/bin:/bin'})
+        self.assertNotEqual(0, proc.returncode)
+        self.assertEqual('', proc.stdout)
+
+    def test_refused(self) -> None:
+        self.assertRaises(exceptions.InvalidName, cmdline.in_directory,
+                          '', 'pwd')
+        self.assertRaises(exceptions.InvalidName, cmdline.in_directory,
+                          'a\0b', 'pwd')
+        self.assertRaises(exceptions.InvalidName, cmdline.in_directory,
+                          '/tmp', '')
+
+
+class TestWithEnvironment(testtools.TestCase):
+
+    def test_values_arrive_intact_and_the_rest_is_kept(self) -> None:
+        values = {'A': "it's $HOME", 'B_2': 'two\nlines', 'C': ''}
+        line = cmdline.with_environment(
+            values, 'printf "%s|" "$A" "$B_2" "$C" "$KEPT"')
+        self.assertEqual("it's $HOME|two\nlines||kept|", shell(
+            line, env={'PATH': '/usr/bin:/bin', 'KEPT': 'kept'}))
+
+    def test_exported_to_commands(self) -> None:
+        line = cmdline.with_environment({'A': '1'}, 'sh -c \'echo "$A"\'')
+        self.assertEqual('1\n', shell(line))
+
+    def test_nothing_to_set(self) -> None:
+        self.assertEqual('true', cmdline.with_environment({}, 'true'))
+
+    def test_refused(self) -> None:
+        for env in ({'1A': 'x'}, {'A B': 'x'}, {'A=B': 'x'}, {'': 'x'},
+                    {'A': 'x\0y'}, {'A': 1}):
+            self.assertRaises(exceptions.InvalidName,
+                              cmdline.with_environment, env, 'true')
+        self.assertRaises(exceptions.InvalidName, cmdline.with_environment,
+                          {'A': '1'}, '')
