@@ -83,6 +83,11 @@ class Cache:
         command line finds them."""
         return cls(Config(env=env), progress=progress)
 
+    def close(self) -> None:
+        """Close the state stores (and stop their heartbeats); the cache
+        may not be used afterwards."""
+        self.stores.close(stores=True)
+
     # -- instances ---------------------------------------------------------
 
     def acquire(self, source_name: str, count: int = 1,
@@ -164,6 +169,16 @@ class Cache:
         """Copy between ``[INSTANCE:]PATH`` arguments (``cp -p`` style)."""
         self._user.copy(src, dst, recursive)
 
+    def copy_in(self, name: str, local: str, remote: str,
+                recursive: bool = False) -> None:
+        """Copy local path ``local`` to ``remote`` on instance ``name``."""
+        self._user.copy_in(name, local, remote, recursive)
+
+    def copy_out(self, name: str, remote: str, local: str,
+                 recursive: bool = False) -> None:
+        """Copy ``remote`` on instance ``name`` to local path ``local``."""
+        self._user.copy_out(name, remote, local, recursive)
+
     def place_files(self, name: str, files: Iterable[str]) -> None:
         """Make local files exist at the same absolute paths on an
         instance (for test runners' ``$FILES``)."""
@@ -176,6 +191,20 @@ class Cache:
         """Per-source counts; unknown names are an error."""
         from crcache.cache import report
         return report.status(self.config, self.stores, names)
+
+    def instance(self, name: str) -> Instance:
+        """The instance called ``name``, whatever its state.
+
+        Raises :class:`~crcache.exceptions.UnknownInstance` when no
+        store holds it.
+        """
+        check_instance_name(name)
+        store = self.stores.find(name)
+        with store.reading() as tx:
+            found = tx.get(name)
+        if found is None:  # gone between the two reads
+            raise exceptions.UnknownInstance(name)
+        return found
 
     def instances(self, sources: Iterable[str] | None = None
                   ) -> list[Instance]:

@@ -76,10 +76,11 @@ class Lifecycle:
 
     def hook_env(self) -> dict[str, str]:
         """The environment hooks run in: a nested crcache sees our world."""
-        env = dict(os.environ)
+        env = dict(self.config.env)
         env[paths.CONFIG_PATH_ENV] = ':'.join(
             root for root in self.config.roots if os.path.isdir(root))
-        env['XDG_CACHE_HOME'] = os.path.dirname(paths.cache_dir())
+        env['XDG_CACHE_HOME'] = os.path.dirname(
+            paths.cache_dir(self.config.env))
         return env
 
     def run_hooks(self, inst: Instance, kind: str) -> None:

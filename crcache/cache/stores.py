@@ -123,7 +123,14 @@ class Stores:
             raise next(iter(failures.values()))
         raise exceptions.UnknownInstance(instance, known)
 
-    def close(self) -> None:
-        """Stop the heartbeats (the stores stay open for the process)."""
+    def close(self, stores: bool = False) -> None:
+        """Stop the heartbeats; with ``stores``, close the stores too
+        (else they stay open for the process)."""
         for beat in self._heartbeats.values():
             beat.stop()
+        if stores:
+            with self._lock:
+                opened, self._open = list(self._open.values()), {}
+                self._heartbeats = {}
+            for store in opened:
+                store.close()

@@ -42,7 +42,7 @@ class User:
         records.check_instance_name(name)
         with self.stores.find(name).reading() as tx:
             inst = lookup(tx, name)
-            hook_of_it = os.environ.get('CRCACHE_INSTANCE') == name
+            hook_of_it = self.config.env.get('CRCACHE_INSTANCE') == name
             usable = (inst.state == IN_USE or hook_of_it
                       and inst.state in (PROVISIONING, DISCARDING))
             if not usable:
@@ -85,15 +85,36 @@ class User:
                                recursive)
             return
         if src_name is not None:
-            leaf, source = self.resolve(src_name)
-            with naming(src_name), self.progress.copying(src, dst):
-                call(source, f'copying from {src_name}', source.copy_out,
-                     leaf.ref or {}, src_path, dst_path, recursive)
+            self.copy_out(src_name, src_path, dst_path, recursive,
+                          shown=(src, dst))
         else:
-            leaf, source = self.resolve(dst_name)
-            with naming(dst_name), self.progress.copying(src, dst):
-                call(source, f'copying to {dst_name}', source.copy_in,
-                     leaf.ref or {}, src_path, dst_path, recursive)
+            assert dst_name is not None
+            self.copy_in(dst_name, src_path, dst_path, recursive,
+                         shown=(src, dst))
+
+    def copy_in(self, name: str, local: str, remote: str,
+                recursive: bool = False,
+                shown: tuple[str, str] | None = None) -> None:
+        """Copy ``local`` to ``remote`` on the instance ``name``.
+
+        ``shown`` is how the two locations are reported (default:
+        ``local`` and ``NAME:remote``).
+        """
+        leaf, source = self.resolve(name)
+        src, dst = shown or (local, f'{name}:{remote}')
+        with naming(name), self.progress.copying(src, dst):
+            call(source, f'copying to {name}', source.copy_in,
+                 leaf.ref or {}, local, remote, recursive)
+
+    def copy_out(self, name: str, remote: str, local: str,
+                 recursive: bool = False,
+                 shown: tuple[str, str] | None = None) -> None:
+        """Copy ``remote`` on the instance ``name`` to ``local``."""
+        leaf, source = self.resolve(name)
+        src, dst = shown or (f'{name}:{remote}', local)
+        with naming(name), self.progress.copying(src, dst):
+            call(source, f'copying from {name}', source.copy_out,
+                 leaf.ref or {}, remote, local, recursive)
 
     def place_files(self, name: str, files: Iterable[str]) -> None:
         """Make local files exist at the same absolute paths on an instance.
