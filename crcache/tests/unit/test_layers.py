@@ -18,8 +18,9 @@ import crcache
 #: Top to bottom. A module belongs to the first layer with a prefix of
 #: its name (a prefix ending in '.' names a package's modules).
 LAYERS = [
+    # The package itself re-exports the Python API (lazily): on top.
     ('entry', ['crcache.shell', 'crcache.__main__',
-               'crcache.daemons.agent']),
+               'crcache.daemons.agent', 'crcache']),
     ('cli', ['crcache.app', 'crcache.formatters', 'crcache.cmd',
              'crcache.cmd.']),
     ('api', ['crcache.api', 'crcache.testing', 'crcache.testing.']),
@@ -31,12 +32,12 @@ LAYERS = [
     ('base', ['crcache.exceptions', 'crcache.paths', 'crcache.stamps',
               'crcache.invocation', 'crcache.version', 'crcache.progress',
               'crcache.conftypes', 'crcache.finish', 'crcache.daemons',
-              'crcache.daemons.client', 'crcache.daemons.ipc', 'crcache']),
+              'crcache.daemons.client', 'crcache.daemons.ipc']),
 ]
 #: Within a layer, groups that must not import each other.
 SEPARATE = [('crcache.sources.', 'crcache.store.')]
 #: What the command line may take from the core: the facade alone (and
-#: the error types, from the base layer).
+#: the Python API above it, the error types below).
 CLI_MAY_USE = {'crcache.cache'}
 
 
@@ -139,7 +140,8 @@ class TestLayers(testtools.TestCase):
     def test_the_command_line_uses_the_facade(self) -> None:
         cli = LAYERS.index(next(layer for layer in LAYERS
                                 if layer[0] == 'cli'))
-        core = cli + 1
+        core = LAYERS.index(next(layer for layer in LAYERS
+                                 if layer[0] == 'core'))
         wrong = []
         for module, targets in self.graph.items():
             if layer_of(module) != cli:
