@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from crcache.cmd import base
@@ -70,9 +71,11 @@ class Acquire(base.Lister):
     def take_action(self, parsed_args: argparse.Namespace
                     ) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         source = self.default_source(parsed_args.source)
-        instances = self.cache.acquire(source, parsed_args.count,
-                                       wait=parsed_args.wait,
-                                       lease=parsed_args.lease)
+        wait = parsed_args.wait
+        if wait == 0:
+            wait = math.inf  # --wait alone, or --wait 0: for ever
+        instances = self.client.acquire(source, parsed_args.count,
+                                        wait=wait, lease=parsed_args.lease)
         if parsed_args.formatter == 'value' and not parsed_args.columns:
             return ('name',), [(i.name,) for i in instances]
         return ('name', 'source', 'concurrency'), [

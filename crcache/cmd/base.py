@@ -1,6 +1,8 @@
 """Base classes shared by crcache's commands.
 
-They give every command the app's :class:`~crcache.cache.Cache` and the
+They give every command the app's :class:`~crcache.cache.Cache`, the
+Python API's :class:`~crcache.api.Client` over it (commands that have an
+API counterpart go through it, so both behave the same), the
 ``crcache.formatter.list`` formatters, and replace cliff's help epilog,
 which scans every installed distribution to name a command's plugin
 package (about 80 ms per invocation, for a line crcache never needs).
@@ -18,6 +20,7 @@ from cliff import lister
 from crcache import exceptions
 
 if TYPE_CHECKING:
+    from crcache.api import Client
     from crcache.cache import Cache
 
 
@@ -32,6 +35,12 @@ class _Common:
     def cache(self) -> 'Cache':
         """The invocation's cache (configuration and state store)."""
         return self.app.cache  # type: ignore[attr-defined]
+
+    @property
+    def client(self) -> 'Client':
+        """The Python API's client, over the invocation's cache."""
+        from crcache import api
+        return api.Client._for(lambda: self.cache)
 
     def default_source(self, explicit: str | None) -> str:
         """The source named here, else by the global -s, else local."""

@@ -29,5 +29,5 @@ class Copy(base.Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> None:
-        self.cache.copy(parsed_args.src, parsed_args.dst,
-                        parsed_args.recursive)
+        self.client.copy(parsed_args.src, parsed_args.dst,
+                         parsed_args.recursive)

@@ -26,6 +26,6 @@ class Fill(base.Lister):
 
     def take_action(self, parsed_args: argparse.Namespace
                     ) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
-        made = self.cache.fill(parsed_args.sources or None)
+        made = self.client.fill(parsed_args.sources or None)
         return ('name', 'source', 'state', 'concurrency'), [
             (i.name, i.source, i.state, i.concurrency) for i in made]

@@ -40,9 +40,7 @@ class CollectGarbage(base.Lister):
 
     def take_action(self, parsed_args: argparse.Namespace
                     ) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
-        if parsed_args.forget:
-            actions = self.cache.forget(parsed_args.forget)
-        else:
-            actions = self.cache.collect(leaks=parsed_args.leaks)
+        actions = self.client.gc(leaks=parsed_args.leaks,
+                                 forget=parsed_args.forget or None)
         return ('name', 'source', 'action', 'reason'), [
             (a.instance, a.source, a.action, a.reason) for a in actions]

@@ -31,6 +31,4 @@ class Release(base.Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> None:
-        if parsed_args.instances:
-            self.cache.release(parsed_args.instances,
-                               force=parsed_args.force)
+        self.client.release(parsed_args.instances, force=parsed_args.force)

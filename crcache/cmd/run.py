@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
 
 from crcache.transport import cmdline
 from crcache import exceptions
@@ -30,15 +29,6 @@ def split_command(instance: str | None, words: list[str]
         if words[:1] == ['--']:
             words.pop(0)
     return instance, words
-
-
-def in_directory(directory: str, argv: list[str]) -> list[str]:
-    """The command line that runs ``argv`` in ``directory``."""
-    if not argv:
-        raise exceptions.CrcacheError(
-            '--cwd needs a command (an interactive shell starts in its '
-            'usual place)')
-    return [f'cd -- {shlex.quote(directory)} && {cmdline.join(argv)}']
 
 
 class Run(base.Command):
@@ -81,12 +71,19 @@ class Run(base.Command):
         try:
             instance, argv = split_command(parsed_args.instance,
                                            parsed_args.command)
+            if parsed_args.cwd and not argv:
+                raise exceptions.CrcacheError(
+                    '--cwd needs a command (an interactive shell starts in '
+                    'its usual place)')
+            target = self.client.instance(instance)
             files = [f for f in parsed_args.files if f.strip()]
             if files:
-                self.cache.place_files(instance, files)
-            if parsed_args.cwd:
-                argv = in_directory(parsed_args.cwd, argv)
-            return self.cache.run(instance, argv)
+                target.place_files(files)
+            # The words as testr and ssh users expect them (see
+            # crcache.transport.cmdline), handed over as one command
+            # line; none: the instance's shell.
+            line: str | list[str] = cmdline.join(argv) if argv else []
+            return target.run(line, cwd=parsed_args.cwd or None).returncode
         except exceptions.CrcacheError as err:
             if self.app.options.debug:
                 LOG.exception(err)
