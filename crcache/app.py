@@ -101,13 +101,19 @@ class CrcacheApp(app.App):
     DEFAULT_VERBOSE_LEVEL = 0
 
     def __init__(self) -> None:
+        commands = commandmanager.CommandManager('crcache.cmd')
+        # cliff's App puts its own complete command in place of the
+        # crcache.cmd entry point's (crcache.cmd.complete): put it back.
+        complete = commands.commands.get('complete')
         super().__init__(
             description='Obtain, use, cache and discard compute resources.',
             version=version.version_string(),
-            command_manager=commandmanager.CommandManager('crcache.cmd'),
+            command_manager=commands,
             deferred_help=True,
         )
         self.command_manager.add_command('help', Help)
+        if complete is not None:
+            self.command_manager.commands['complete'] = complete
         self._cache: Any = None
         self._console: logging.Handler | None = None
 
