@@ -35,6 +35,7 @@ LOG = logging.getLogger(__name__)
 KINDS: dict[str, list[str]] = {
     'SOURCE': ['sources'],
     'INSTANCE': ['instances'],
+    'INSTANCE [--] COMMAND': ['instances', 'files'],
     '[INSTANCE] [--] COMMAND': ['instances', 'files'],
     'SRC': ['locations'],
     'DST': ['locations'],
