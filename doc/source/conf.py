@@ -32,21 +32,8 @@ extensions = [
     'reno.sphinxext',
 ]
 
-# Pages written ahead of the code they document: each is excluded from
-# the build (and its place in a toctree tolerated) until that code is
-# merged. The lead empties this list when it is.
-#
-# - api.rst documents crcache.api, the Python API, which comes from the
-#   branch i12-api.
-PENDING_PAGES = [
-    'api.rst',
-]
 
-exclude_patterns = ['build'] + PENDING_PAGES
-if PENDING_PAGES:
-    # "toctree contains reference to excluded document": the index lists
-    # the pending pages already.
-    suppress_warnings = ['toc.excluded']
+exclude_patterns = ['build']
 
 root_doc = 'index'
 templates_path: list[str] = []
