@@ -38,6 +38,7 @@ import time
 
 from crcache.daemons import client as agentclient
 from crcache.daemons import ipc as daemon
+from crcache.daemons import messages
 
 DEFAULT_IDLE = 120.0
 #: crcache's own modules every command may need, and the libraries they
@@ -166,7 +167,7 @@ class _Pending:
 
     def __init__(self, conn: socket.socket, deadline: float) -> None:
         self.conn = conn
-        self.incoming = daemon.Incoming(max_fds=3)
+        self.incoming = messages.Incoming(max_fds=3)
         self.deadline = deadline
         self.request: tuple | None = None
 
@@ -368,7 +369,7 @@ class Agent:
         fds = len(pending.incoming.fds)
         if pending.request is None:
             if (not _valid_request(message) or fds
-                    or not daemon.only_request(pending.conn)):
+                    or not messages.only_request(pending.conn)):
                 self._drop(fd)
                 return
             refusal = self._refusal(message)
@@ -380,10 +381,10 @@ class Agent:
                 self._drop(fd)
                 return
             pending.request = message
-            pending.incoming = daemon.Incoming(max_fds=3)
+            pending.incoming = messages.Incoming(max_fds=3)
             return
         if (message != ('fds',) or fds != 3
-                or not daemon.only_request(pending.conn)):
+                or not messages.only_request(pending.conn)):
             self._drop(fd)
             return
         del self.pending[fd]
@@ -418,7 +419,7 @@ class Agent:
     @staticmethod
     def _send(conn: socket.socket, kind: str, value: object) -> bool:
         try:
-            daemon.send_message(conn, (kind, value))
+            messages.send_message(conn, (kind, value))
             return True
         except OSError:
             return False

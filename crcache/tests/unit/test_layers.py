@@ -31,7 +31,8 @@ LAYERS = [
     ('base', ['crcache.exceptions', 'crcache.paths', 'crcache.stamps',
               'crcache.invocation', 'crcache.version', 'crcache.progress',
               'crcache.conftypes', 'crcache.finish', 'crcache.daemons',
-              'crcache.daemons.client', 'crcache.daemons.ipc', 'crcache']),
+              'crcache.daemons.client', 'crcache.daemons.ipc',
+              'crcache.daemons.messages', 'crcache']),
 ]
 #: Within a layer, groups that must not import each other.
 SEPARATE = [('crcache.sources.', 'crcache.store.')]
