@@ -4,6 +4,10 @@
   first (builtin modules only): hand the command to the agent;
 * :mod:`~crcache.daemons.agent`: the warm process that forks a worker
   per command;
+* :mod:`~crcache.daemons.warmup`: what the agent loads once, and how it
+  notices a plugin changed since;
+* :mod:`~crcache.daemons.worker`: a forked worker taking on the client's
+  process and running its command;
 * :mod:`~crcache.daemons.ipc`: what the agent and the ssh connection
   holders share: private runtime directories, safe sockets, starting
   and claiming (builtin modules only);

@@ -19,7 +19,8 @@ import crcache
 #: its name (a prefix ending in '.' names a package's modules).
 LAYERS = [
     ('entry', ['crcache.shell', 'crcache.__main__',
-               'crcache.daemons.agent']),
+               'crcache.daemons.agent', 'crcache.daemons.warmup',
+               'crcache.daemons.worker']),
     ('cli', ['crcache.app', 'crcache.formatters', 'crcache.cmd',
              'crcache.cmd.']),
     ('api', ['crcache.api', 'crcache.testing', 'crcache.testing.']),
