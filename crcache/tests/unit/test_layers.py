@@ -31,7 +31,8 @@ LAYERS = [
     ('transport', ['crcache.transport', 'crcache.transport.']),
     ('base', ['crcache.exceptions', 'crcache.paths', 'crcache.stamps',
               'crcache.invocation', 'crcache.version', 'crcache.progress',
-              'crcache.conftypes', 'crcache.finish', 'crcache.daemons',
+              'crcache.progress.', 'crcache.conftypes', 'crcache.finish',
+              'crcache.daemons',
               'crcache.daemons.client', 'crcache.daemons.ipc',
               'crcache.daemons.messages', 'crcache']),
 ]
