@@ -223,7 +223,8 @@ class Holder:
 
     def serve(self) -> None:
         from crcache.sources.ssh import connection as sshconn
-        self.conn = sshconn.Connection(sshconn.resolve(self.settings))
+        from crcache.sources.ssh import target as sshtarget
+        self.conn = sshconn.Connection(sshtarget.resolve(self.settings))
         try:
             self.conn.open()
             while self._wanted():
@@ -283,7 +284,7 @@ class Holder:
         """Open a channel, say "ready", take the client's descriptors,
         start ``line`` and move its bytes until it ends."""
         from crcache import exceptions
-        from crcache.sources.ssh import connection as sshconn
+        from crcache.sources.ssh import command as sshcommand
         fds: list[int] = []
         chan = None
         started = False
@@ -304,7 +305,7 @@ class Holder:
                 return
             if not messages.only_request(client):
                 return  # it gave up on us, and runs the command itself
-            command = sshconn.RemoteCommand(
+            command = sshcommand.RemoteCommand(
                 self.conn, chan, warn=_warner(self.settings, fds[2]))
             try:
                 command.exec(line)
@@ -335,7 +336,7 @@ class Holder:
                     chan.close()
 
             threading.Thread(target=watch, daemon=True).start()
-            status = sshconn.pump(chan, *fds, command.report)
+            status = sshcommand.pump(chan, *fds, command.report)
             finished.set()
             chan.close()
             _send(client, ('exit', status))
