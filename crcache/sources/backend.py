@@ -2,10 +2,11 @@
 
 A :class:`BackendSource` provisions and discards resources (a process on
 this machine, an ssh host, a container), runs commands on them and
-copies files, identifying each by the :data:`Ref` it returned when it
-made it. Everything but :meth:`~BackendSource.provision`,
+copies files, identifying each by the reference
+(:data:`crcache.sources.base.Ref`) it returned when it made it.
+Everything but :meth:`~BackendSource.provision`,
 :meth:`~BackendSource.discard` and :meth:`~BackendSource.run` has a
-default built on ``run``. Plugins import both from
+default built on ``run``. Plugins import it from
 :mod:`crcache.sources.base`.
 """
 
@@ -19,15 +20,6 @@ from crcache.sources.source import Source
 from crcache.transport import runner
 
 Ref = runner.Ref
-"""A backend's reference to one resource; stored as JSON by the cache.
-
-Whatever :meth:`BackendSource.provision` returned for an instance, handed
-back to every later call about it. It must survive a JSON round trip
-(strings, numbers, booleans, None, lists and dicts of those) and should be
-small. It may be empty (``{}``): for an instance whose provisioning
-failed or was interrupted before a reference was recorded, ``discard``
-gets ``{}``.
-"""
 
 
 class BackendSource(Source):

@@ -77,12 +77,14 @@ Configuration
 
 from __future__ import annotations
 
-from crcache.sources.backend import BackendSource, Ref
+from crcache.sources.backend import BackendSource
 from crcache.sources.layered import Candidate, LayeredSource
 from crcache.sources.source import Source
+from crcache.transport import runner
 
-__all__ = ['API_VERSION', 'BackendSource', 'Candidate', 'LayeredSource',
-           'Ref', 'Source']
+# In the order the reference shows them.
+__all__ = ['API_VERSION', 'Ref', 'Source', 'Candidate', 'LayeredSource',
+           'BackendSource']
 
 #: The version of the contract this module describes. It changes only
 #: when a driver written for the previous version could misbehave: a new
@@ -93,3 +95,14 @@ __all__ = ['API_VERSION', 'BackendSource', 'Candidate', 'LayeredSource',
 #: and refuse to load (crcache then reports the type as failing to load,
 #: with the plugin's message).
 API_VERSION = 1
+
+Ref = runner.Ref
+"""A backend's reference to one resource; stored as JSON by the cache.
+
+Whatever :meth:`BackendSource.provision` returned for an instance, handed
+back to every later call about it. It must survive a JSON round trip
+(strings, numbers, booleans, None, lists and dicts of those) and should be
+small. It may be empty (``{}``): for an instance whose provisioning
+failed or was interrupted before a reference was recorded, ``discard``
+gets ``{}``.
+"""
