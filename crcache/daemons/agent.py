@@ -13,6 +13,10 @@ invocation would. The agent reports the worker's pid, then its exit
 status, to the client. It exits after ``$CRCACHE_AGENT_IDLE`` seconds
 (default 120) without a client.
 
+What it loads, and how it tells that a plugin changed since, is
+:mod:`crcache.daemons.warmup`; what a forked worker does,
+:mod:`crcache.daemons.worker`.
+
 The agent holds no state of its own: configuration and the state store
 are read afresh by every worker, so it can never serve stale answers.
 Nor stale code: the client only reaches an agent started from the same
@@ -28,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib
 import os
 import select
 import signal
@@ -38,119 +41,11 @@ import time
 
 from crcache.daemons import client as agentclient
 from crcache.daemons import ipc as daemon
+from crcache.daemons import messages
+from crcache.daemons import warmup
+from crcache.daemons import worker
 
 DEFAULT_IDLE = 120.0
-#: crcache's own modules every command may need, and the libraries they
-#: import; what a plugin needs besides its own module, it names itself
-#: (``warm_modules``, see :func:`preload`).
-PRELOAD = (
-    'crcache.app', 'crcache.api', 'crcache.cache', 'crcache.cache.gc',
-    'crcache.cache.autogc', 'crcache.cache.queue', 'crcache.config',
-    'crcache.store.sqlite', 'crcache.transport.tarcopy',
-    'crcache.transport.untar', 'crcache.transport.localcopy',
-    'crcache.transport.process', 'crcache.formatters', 'crcache.progress',
-    'cliff.formatters.json_format', 'cliff.formatters.yaml_format',
-    'cliff.help', 'cliff.complete', 'yaml', 'subprocess', 'tarfile',
-    'tempfile', 'shutil', 'threading', 'getpass', 'difflib',
-)
-
-
-#: The entry point groups whose plugins workers load.
-PLUGIN_NAMESPACES = ('crcache.cmd', 'crcache.sources', 'crcache.stores',
-                     'crcache.formatter.list')
-
-
-def preload() -> dict[str, tuple[int, int]]:
-    """Import what workers use, including every installed plugin.
-
-    That is crcache's own :data:`PRELOAD`, every plugin of
-    :data:`PLUGIN_NAMESPACES`, and the modules each source or store type
-    lists in its ``warm_modules``. Returns the plugins' files with their
-    modification times and sizes
-    (see :func:`plugin_files`).
-    """
-    for name in PRELOAD:
-        with contextlib.suppress(Exception):
-            importlib.import_module(name)
-    from stevedore import extension
-    entry_points = []
-    for namespace in PLUGIN_NAMESPACES:
-        with contextlib.suppress(Exception):
-            manager = extension.ExtensionManager(
-                namespace, on_load_failure_callback=lambda *a: None)
-            entry_points.extend(manager.list_entry_points())
-            for ext in manager:
-                # A source or store type names the libraries its
-                # commands would import later (paramiko, the Docker SDK,
-                # psycopg): worth loading once, here.
-                for module in getattr(ext.plugin, 'warm_modules', ()):
-                    with contextlib.suppress(Exception):
-                        importlib.import_module(module)
-    with contextlib.suppress(Exception):
-        from crcache import version
-        version.version_string()
-    return plugin_files(entry_points)
-
-
-def plugin_files(entry_points: list) -> dict[str, tuple[int, int]]:
-    """The files that make up the plugins behind ``entry_points``.
-
-    For each entry point: every ``.py`` file of the top-level package its
-    module belongs to, so an edit anywhere in it counts, and so does a
-    reinstall, which rewrites them. (A distribution installed, removed or
-    upgraded changes its ``sys.path`` directory, which the client's
-    fingerprint covers, as it covers crcache's own package.)
-    """
-    own = os.path.dirname(os.path.abspath(__file__))
-    files: dict[str, tuple[int, int]] = {}
-    for entry_point in entry_points:
-        top = entry_point.value.split(':')[0].split('.')[0]
-        module = sys.modules.get(top)
-        path = getattr(module, '__file__', None)
-        if path:
-            directory = os.path.dirname(os.path.abspath(path))
-            if os.path.basename(path) == '__init__.py':
-                if directory != own:
-                    _walk(directory, files)
-            else:
-                _stamp(os.path.abspath(path), files)
-    return files
-
-
-def _walk(directory: str, files: dict[str, tuple[int, int]]) -> None:
-    stack = [directory]
-    while stack:
-        try:
-            entries = list(os.scandir(stack.pop()))
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.name in ('__pycache__', 'tests'):
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(entry.path)
-            elif entry.name.endswith('.py'):
-                _stamp(entry.path, files)
-
-
-def _stamp(path: str, files: dict[str, tuple[int, int]]) -> None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return
-    files[path] = (st.st_mtime_ns, st.st_size)
-
-
-def changed_plugin(files: dict[str, tuple[int, int]]) -> str | None:
-    """The first of ``files`` changed (or gone) since it was stamped."""
-    for path, stamp in files.items():
-        try:
-            st = os.stat(path)
-        except OSError:
-            return path
-        if (st.st_mtime_ns, st.st_size) != stamp:
-            return path
-    return None
 
 
 def _identity() -> list[int]:
@@ -166,7 +61,7 @@ class _Pending:
 
     def __init__(self, conn: socket.socket, deadline: float) -> None:
         self.conn = conn
-        self.incoming = daemon.Incoming(max_fds=3)
+        self.incoming = messages.Incoming(max_fds=3)
         self.deadline = deadline
         self.request: tuple | None = None
 
@@ -215,7 +110,8 @@ class Agent:
                  plugins: dict[str, tuple[int, int]] | None = None) -> None:
         self.path = path
         self.idle = idle
-        #: Plugin files as loaded (see :func:`plugin_files`).
+        #: Plugin files as loaded (see
+        #: :func:`crcache.daemons.warmup.plugin_files`).
         self.plugins = plugins or {}
         self.identity = _identity()
         self.listener: socket.socket | None = None
@@ -297,7 +193,7 @@ class Agent:
         """Why this agent must not run ``request``, if it must not."""
         if request[9] != self.identity:
             return 'the client has other user or group ids'
-        changed = changed_plugin(self.plugins)
+        changed = warmup.changed_plugin(self.plugins)
         if changed is not None:
             # Stale code: stop listening (the next command starts a new
             # agent) and go once the workers are done.
@@ -368,7 +264,7 @@ class Agent:
         fds = len(pending.incoming.fds)
         if pending.request is None:
             if (not _valid_request(message) or fds
-                    or not daemon.only_request(pending.conn)):
+                    or not messages.only_request(pending.conn)):
                 self._drop(fd)
                 return
             refusal = self._refusal(message)
@@ -380,10 +276,10 @@ class Agent:
                 self._drop(fd)
                 return
             pending.request = message
-            pending.incoming = daemon.Incoming(max_fds=3)
+            pending.incoming = messages.Incoming(max_fds=3)
             return
         if (message != ('fds',) or fds != 3
-                or not daemon.only_request(pending.conn)):
+                or not messages.only_request(pending.conn)):
             self._drop(fd)
             return
         del self.pending[fd]
@@ -418,7 +314,7 @@ class Agent:
     @staticmethod
     def _send(conn: socket.socket, kind: str, value: object) -> bool:
         try:
-            daemon.send_message(conn, (kind, value))
+            messages.send_message(conn, (kind, value))
             return True
         except OSError:
             return False
@@ -455,89 +351,18 @@ class Agent:
 
     def _become_worker(self, conn: socket.socket, request: tuple,
                        fds: list[int]) -> None:
-        status = 1
-        try:
-            (_, argv, env, cwd, umask, client_pid, client_ppid,
-             argv0, warned, _, ignored) = request
-            signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP,
-                        signal.SIGQUIT):
-                signal.signal(sig, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            for sig in ignored:  # as the client inherited them (nohup)
-                with contextlib.suppress(ValueError, OSError):
-                    signal.signal(sig, signal.SIG_IGN)
-            gc.unfreeze()
-            gc.disable()
-            os.setpgid(0, 0)
-            for fd in (self._wake_r, self._wake_w):
-                os.close(fd)
-            self.listener.close()
-            conn.close()
-            for other in self.workers.values():
-                other.close()
-            for pending in self.pending.values():
-                pending.close()  # other clients' requests and descriptors
-            for target, fd in enumerate(fds):
-                os.dup2(fd, target)
-                os.close(fd)
-            os.chdir(cwd)
-            os.environ.clear()
-            os.environ.update(env)
-            _follow_environment()
-            os.umask(umask)
-            sys.argv = [argv0, *argv]
-            _reopen_std_streams()
-            daemon.set_warned(warned)  # the client said these already
-            from crcache import invocation
-            invocation.set_client(client_pid, client_ppid, sys.argv)
-            from crcache import app
-            status = app.run(argv)
-        except SystemExit as exit_:
-            status = exit_.code if isinstance(exit_.code, int) else 1
-        except KeyboardInterrupt:
-            status = 130
-        except BaseException as err:  # never let a worker return
-            with contextlib.suppress(Exception):
-                sys.stderr.write(f'crcache: agent worker failed: {err}\n')
-            status = 1
-        finally:
-            from crcache import finish
-            finish.finish(status)
+        worker.run(request, fds, lambda: self._leave(conn))
 
-
-def _follow_environment() -> None:
-    """Redo what a fresh interpreter derives from its environment once.
-
-    The time zone (``TZ``) and the temporary directory (``TMPDIR``) are
-    read at first use and kept; the locale is set up with the streams
-    (:func:`_reopen_std_streams`).
-    """
-    time.tzset()
-    import tempfile
-    tempfile.tempdir = None
-
-
-def _reopen_std_streams() -> None:
-    """Point sys.std* at descriptors 0-2, as a fresh interpreter would."""
-    import io
-    import locale
-    with contextlib.suppress(locale.Error):
-        locale.setlocale(locale.LC_CTYPE, '')
-    encoding = (os.environ.get('PYTHONIOENCODING', '').split(':')[0]
-                or locale.getpreferredencoding(False))
-    streams = []
-    for fd, mode in ((0, 'r'), (1, 'w'), (2, 'w')):
-        raw = io.FileIO(fd, mode, closefd=False)
-        interactive = raw.isatty()
-        buffered = (io.BufferedReader(raw) if mode == 'r'
-                    else io.BufferedWriter(raw))
-        streams.append(io.TextIOWrapper(
-            buffered, encoding=encoding,
-            errors='strict' if fd != 2 else 'backslashreplace',
-            line_buffering=interactive or fd == 2))
-    sys.stdin, sys.stdout, sys.stderr = streams
-    sys.__stdin__, sys.__stdout__, sys.__stderr__ = streams
+    def _leave(self, conn: socket.socket) -> None:
+        """In a worker: close what is the agent's, not the command's."""
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        self.listener.close()
+        conn.close()
+        for other in self.workers.values():
+            other.close()
+        for pending in self.pending.values():
+            pending.close()  # other clients' requests and descriptors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -553,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     agent = Agent(argv[0], idle)
     if not agent.bind():
         return 0
-    agent.plugins = preload()
+    agent.plugins = warmup.preload()
     agent.serve()
     return 0
 

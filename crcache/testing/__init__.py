@@ -23,9 +23,9 @@ requirements of the package using it.
 ``doc/source/plugins.rst`` explains what each check holds a type to.
 """
 
-from crcache.testing.conformance import LayeredConformance
-from crcache.testing.conformance import SourceConformance
-from crcache.testing.conformance import local_listing
+from crcache.testing.conformance.backend import SourceConformance
+from crcache.testing.conformance.kit import local_listing
+from crcache.testing.conformance.layered import LayeredConformance
 from crcache.testing.environment import CRCACHE
 from crcache.testing.environment import CrcacheEnvironment
 from crcache.testing.environment import CrcacheMixin

@@ -6,7 +6,8 @@ command line with descriptors): building the shell command line
 (:mod:`cmdline`), running local processes with shell-like signals
 (:mod:`process`), reaching a remote command's process group
 (:mod:`remotegroup`), copying over ``run`` with tar (:mod:`tarcopy`),
-extracting untrusted archives (:mod:`untar`), local copies
-(:mod:`localcopy`) and descriptor plumbing (:mod:`fdio`). Nothing here
-knows the state store or a particular backend.
+extracting untrusted archives (:mod:`untar`, creating their members
+with :mod:`tarmembers` through the no-follow walk of :mod:`nofollow`),
+local copies (:mod:`localcopy`) and descriptor plumbing (:mod:`fdio`).
+Nothing here knows the state store or a particular backend.
 """

@@ -37,6 +37,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from crcache.daemons import ipc as daemon
+from crcache.daemons import messages
 
 if TYPE_CHECKING:
     from crcache.sources.ssh.settings import Settings
@@ -58,12 +59,12 @@ def socket_path(settings: 'Settings') -> str | None:
 
 def _send(sock: socket.socket, message: Any,
           fds: list[int] | None = None) -> None:
-    daemon.send_message(sock, message, fds)
+    messages.send_message(sock, message, fds)
 
 
 def _recv(sock: socket.socket, with_fds: int = 0,
           deadline: float | None = None) -> tuple[Any, list[int]]:
-    return daemon.receive_message(sock, with_fds, deadline)
+    return messages.receive_message(sock, with_fds, deadline)
 
 
 # -- the client side ---------------------------------------------------------
@@ -222,7 +223,8 @@ class Holder:
 
     def serve(self) -> None:
         from crcache.sources.ssh import connection as sshconn
-        self.conn = sshconn.Connection(sshconn.resolve(self.settings))
+        from crcache.sources.ssh import target as sshtarget
+        self.conn = sshconn.Connection(sshtarget.resolve(self.settings))
         try:
             self.conn.open()
             while self._wanted():
@@ -268,7 +270,7 @@ class Holder:
             elif (isinstance(request, tuple) and len(request) == 2
                     and request[0] == 'exec'
                     and isinstance(request[1], str)):
-                if daemon.only_request(client):
+                if messages.only_request(client):
                     self._exec(client, request[1])
             else:
                 _send(client, ('error', 'malformed request'))
@@ -282,7 +284,7 @@ class Holder:
         """Open a channel, say "ready", take the client's descriptors,
         start ``line`` and move its bytes until it ends."""
         from crcache import exceptions
-        from crcache.sources.ssh import connection as sshconn
+        from crcache.sources.ssh import command as sshcommand
         fds: list[int] = []
         chan = None
         started = False
@@ -301,9 +303,9 @@ class Holder:
             if message != ('fds',) or len(fds) != 3:
                 _send(client, ('error', 'malformed request'))
                 return
-            if not daemon.only_request(client):
+            if not messages.only_request(client):
                 return  # it gave up on us, and runs the command itself
-            command = sshconn.RemoteCommand(
+            command = sshcommand.RemoteCommand(
                 self.conn, chan, warn=_warner(self.settings, fds[2]))
             try:
                 command.exec(line)
@@ -334,7 +336,7 @@ class Holder:
                     chan.close()
 
             threading.Thread(target=watch, daemon=True).start()
-            status = sshconn.pump(chan, *fds, command.report)
+            status = sshcommand.pump(chan, *fds, command.report)
             finished.set()
             chan.close()
             _send(client, ('exit', status))

@@ -32,7 +32,8 @@ class SshSource(base.BackendSource):
 
     default_maximum = 1
     warm_modules = ('crcache.sources.ssh.holder',
-                    'crcache.sources.ssh.connection', 'paramiko',
+                    'crcache.sources.ssh.connection',
+                    'crcache.sources.ssh.command', 'paramiko',
                     'paramiko.config')
     # How this machine reaches and trusts the host, not which host it is.
     local_keys = frozenset({'ssh_user', 'ssh_key', 'ssh_known_hosts',
@@ -148,16 +149,18 @@ class SshSource(base.BackendSource):
 
     def _run_direct(self, settings: Settings, line: str, stdin: int,
                     stdout: int, stderr: int) -> int:
+        from crcache.sources.ssh import command as sshcommand
         from crcache.sources.ssh import connection as sshconn
-        conn = sshconn.Connection(sshconn.resolve(settings)).open()
+        from crcache.sources.ssh import target as sshtarget
+        conn = sshconn.Connection(sshtarget.resolve(settings)).open()
         try:
-            command = sshconn.RemoteCommand(
+            command = sshcommand.RemoteCommand(
                 conn, conn.session(), warn=warner(settings, stderr))
             with process.foreground(process.REMOTE, ()) as job:
                 command.exec(line)
                 job.started(command)
-                status = sshconn.pump(command.chan, stdin, stdout, stderr,
-                                      command.report)
+                status = sshcommand.pump(command.chan, stdin, stdout,
+                                         stderr, command.report)
         finally:
             conn.close()
         if self.persist:
@@ -171,8 +174,10 @@ class SshSource(base.BackendSource):
         import termios
         import tty
 
+        from crcache.sources.ssh import command as sshcommand
         from crcache.sources.ssh import connection as sshconn
-        conn = sshconn.Connection(sshconn.resolve(self.settings())).open()
+        from crcache.sources.ssh import target as sshtarget
+        conn = sshconn.Connection(sshtarget.resolve(self.settings())).open()
         saved = None
         try:
             chan = conn.session()
@@ -191,7 +196,7 @@ class SshSource(base.BackendSource):
                 # what was typed while the connection was being made.
                 tty.setraw(stdin, termios.TCSADRAIN)
             chan.invoke_shell()
-            return sshconn.pump(chan, stdin, stdout, stdout)
+            return sshcommand.pump(chan, stdin, stdout, stdout)
         finally:
             if saved is not None:
                 termios.tcsetattr(stdin, termios.TCSADRAIN, saved)

@@ -9,7 +9,7 @@
   after dropping root, so the socket file and the listening process can
   belong to different users).
 * :func:`raw_connect`, :func:`send_raw`: a client that speaks the framing
-  of :mod:`crcache.daemons.ipc` badly on purpose.
+  of :mod:`crcache.daemons.messages` badly on purpose.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import threading
 import time
 
 from crcache.daemons import client as agentclient
-from crcache.daemons import ipc as daemon
+from crcache.daemons import messages
 from crcache.tests.functional import base
 from crcache.tests.functional import hostile
 
@@ -381,7 +381,7 @@ class TestAgentProtocol(AgentTestCase):
                 if after_ready:
                     hostile.send_raw(sock, good)
                     self.assertEqual(('ready', None),
-                                     daemon.receive_message(sock)[0])
+                                     messages.receive_message(sock)[0])
                 if data:
                     hostile.send_raw(sock, data, attached)
                 sock.shutdown(socket.SHUT_WR)
@@ -399,10 +399,10 @@ class TestAgentProtocol(AgentTestCase):
         sock = hostile.raw_connect(self.socket)
         self.addCleanup(sock.close)
         hostile.send_raw(sock, good)
-        self.assertEqual(('ready', None), daemon.receive_message(sock)[0])
+        self.assertEqual(('ready', None), messages.receive_message(sock)[0])
         hostile.send_raw(sock, fds, three)
-        self.assertEqual('pid', daemon.receive_message(sock)[0][0])
-        self.assertEqual(('exit', 0), daemon.receive_message(sock)[0])
+        self.assertEqual('pid', messages.receive_message(sock)[0][0])
+        self.assertEqual(('exit', 0), messages.receive_message(sock)[0])
         self.assertTrue(os.path.exists(marker))
         self.wait_for(lambda: hostile.fd_count(self.agent) == before, 5,
                       'the agent to close the last request\'s descriptors')

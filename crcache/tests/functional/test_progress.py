@@ -21,6 +21,7 @@ import fixtures
 from crcache import cache as cache_module
 from crcache import config
 from crcache import progress
+from crcache.progress import stderr as progress_stderr
 from crcache import store
 from crcache.tests.functional import base
 from crcache.tests.functional import test_docker
@@ -349,7 +350,7 @@ class TestDockerCopyMeter(test_docker.DockerTestCase):
     def test_both_ways(self) -> None:
         [name] = self.acquire()
         self.useFixture(fixtures.MockPatchObject(
-            progress, 'COPY_LOG_AFTER', 0))
+            progress_stderr, 'COPY_LOG_AFTER', 0))
         self.useFixture(fixtures.EnvironmentVariable('DOCKER_HOST',
                                                      self.host))
         stream = io.StringIO()

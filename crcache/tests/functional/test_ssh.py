@@ -546,7 +546,7 @@ class TestConnectionHolder(SSHTestCase):
             self.assertEqual('once\n', f.read())
 
     def test_malformed_requests_are_refused_and_leak_nothing(self) -> None:
-        from crcache.daemons import ipc as daemon
+        from crcache.daemons import messages
         name, path, pid = self._one_holder()
         marker = os.path.join(self.home, 'ran')
         exec_it = ('exec', f'touch {marker}')
@@ -591,7 +591,7 @@ class TestConnectionHolder(SSHTestCase):
                 if after_ready:
                     hostile.send_raw(sock, good)
                     self.assertEqual(('ready',),
-                                     daemon.receive_message(sock)[0])
+                                     messages.receive_message(sock)[0])
                 if data:
                     hostile.send_raw(sock, data, attached)
                 sock.shutdown(socket.SHUT_WR)
@@ -609,10 +609,10 @@ class TestConnectionHolder(SSHTestCase):
         sock = hostile.raw_connect(path)
         self.addCleanup(sock.close)
         hostile.send_raw(sock, good)
-        self.assertEqual(('ready',), daemon.receive_message(sock)[0])
+        self.assertEqual(('ready',), messages.receive_message(sock)[0])
         hostile.send_raw(sock, fds, three)
-        self.assertEqual(('started',), daemon.receive_message(sock)[0])
-        self.assertEqual(('exit', 0), daemon.receive_message(sock)[0])
+        self.assertEqual(('started',), messages.receive_message(sock)[0])
+        self.assertEqual(('exit', 0), messages.receive_message(sock)[0])
         self.assertTrue(os.path.exists(marker))
         self.wait_for(lambda: hostile.fd_count(pid) == before, 5,
                       'the holder to close the last request\'s descriptors')

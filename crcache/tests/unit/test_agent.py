@@ -1,4 +1,4 @@
-"""Unit test for crcache.daemons.agent.preload: what a warm agent loads."""
+"""Unit test for crcache.daemons.warmup.preload: what a warm agent loads."""
 
 import importlib.util
 import subprocess
@@ -16,7 +16,8 @@ class TestPreload(testtools.TestCase):
             self.skipTest('psycopg is not installed')
         out = subprocess.run(
             [sys.executable, '-c',
-             'import sys\nfrom crcache.daemons import agent\nagent.preload()\n'
+             'import sys\nfrom crcache.daemons import warmup\n'
+             'warmup.preload()\n'
              "print('psycopg' in sys.modules)"],
             capture_output=True, text=True, check=True).stdout
         self.assertEqual('True\n', out)

@@ -20,7 +20,8 @@ import crcache
 LAYERS = [
     # The package itself re-exports the Python API (lazily): on top.
     ('entry', ['crcache.shell', 'crcache.__main__',
-               'crcache.daemons.agent', 'crcache']),
+               'crcache.daemons.agent', 'crcache.daemons.warmup',
+               'crcache.daemons.worker', 'crcache']),
     ('cli', ['crcache.app', 'crcache.formatters', 'crcache.cmd',
              'crcache.cmd.']),
     ('api', ['crcache.api', 'crcache.testing', 'crcache.testing.']),
@@ -31,8 +32,10 @@ LAYERS = [
     ('transport', ['crcache.transport', 'crcache.transport.']),
     ('base', ['crcache.exceptions', 'crcache.paths', 'crcache.stamps',
               'crcache.invocation', 'crcache.version', 'crcache.progress',
-              'crcache.conftypes', 'crcache.finish', 'crcache.daemons',
-              'crcache.daemons.client', 'crcache.daemons.ipc']),
+              'crcache.progress.', 'crcache.conftypes', 'crcache.finish',
+              'crcache.daemons',
+              'crcache.daemons.client', 'crcache.daemons.ipc',
+              'crcache.daemons.messages']),
 ]
 #: Within a layer, groups that must not import each other.
 SEPARATE = [('crcache.sources.', 'crcache.store.')]

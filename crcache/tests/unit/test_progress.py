@@ -13,6 +13,7 @@ import fixtures
 import testtools
 
 from crcache import progress
+from crcache.progress import stderr as progress_stderr
 
 STAMPED = re.compile(r'crcache: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (.*)\Z')
 
@@ -188,7 +189,7 @@ class TestPlain(testtools.TestCase):
 
     def test_copy_is_logged_once_slow_then_summed_up(self) -> None:
         self.useFixture(fixtures.MockPatchObject(
-            progress, 'COPY_LOG_AFTER', 0.1))
+            progress_stderr, 'COPY_LOG_AFTER', 0.1))
         with self.progress.copying('a', 'h-0:b'):
             meter = progress.meter()
             meter.expect(3 * 2**20)
@@ -232,7 +233,7 @@ class TestLive(testtools.TestCase):
         super().setUp()
         self.useFixture(fixtures.EnvironmentVariable('COLUMNS', '60'))
         # No redraws but those the test makes (and delayed tasks').
-        self.useFixture(fixtures.MockPatchObject(progress, 'TICK', 10))
+        self.useFixture(fixtures.MockPatchObject(progress_stderr, 'TICK', 10))
         self.stream = Stream()
         self.console = logging.StreamHandler(self.stream)
         self.console.setFormatter(logging.Formatter('crcache: %(message)s'))

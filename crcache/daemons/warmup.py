@@ -1,0 +1,129 @@
+"""What the crcache agent loads once, and how it notices that went stale.
+
+The agent (:mod:`crcache.daemons.agent`) pays crcache's import cost once
+for all the commands it serves: :func:`preload` imports crcache's own
+modules, every installed plugin and what each source or store type names
+in its ``warm_modules``, and returns the plugins' files as they were
+then. :func:`changed_plugin` tells the agent when one of them has changed
+since, so that it retires instead of serving stale code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+
+
+#: crcache's own modules every command may need, and the libraries they
+#: import; what a plugin needs besides its own module, it names itself
+#: (``warm_modules``, see :func:`preload`).
+PRELOAD = (
+    'crcache.app', 'crcache.api', 'crcache.cache', 'crcache.cache.gc',
+    'crcache.cache.autogc', 'crcache.cache.queue', 'crcache.config',
+    'crcache.store.sqlite', 'crcache.transport.tarcopy',
+    'crcache.transport.untar', 'crcache.transport.localcopy',
+    'crcache.transport.process', 'crcache.formatters', 'crcache.progress',
+    'cliff.formatters.json_format', 'cliff.formatters.yaml_format',
+    'cliff.help', 'cliff.complete', 'yaml', 'subprocess', 'tarfile',
+    'tempfile', 'shutil', 'threading', 'getpass', 'difflib',
+)
+
+
+#: The entry point groups whose plugins workers load.
+PLUGIN_NAMESPACES = ('crcache.cmd', 'crcache.sources', 'crcache.stores',
+                     'crcache.formatter.list')
+
+
+def preload() -> dict[str, tuple[int, int]]:
+    """Import what workers use, including every installed plugin.
+
+    That is crcache's own :data:`PRELOAD`, every plugin of
+    :data:`PLUGIN_NAMESPACES`, and the modules each source or store type
+    lists in its ``warm_modules``. Returns the plugins' files with their
+    modification times and sizes
+    (see :func:`plugin_files`).
+    """
+    for name in PRELOAD:
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+    from stevedore import extension
+    entry_points = []
+    for namespace in PLUGIN_NAMESPACES:
+        with contextlib.suppress(Exception):
+            manager = extension.ExtensionManager(
+                namespace, on_load_failure_callback=lambda *a: None)
+            entry_points.extend(manager.list_entry_points())
+            for ext in manager:
+                # A source or store type names the libraries its
+                # commands would import later (paramiko, the Docker SDK,
+                # psycopg): worth loading once, here.
+                for module in getattr(ext.plugin, 'warm_modules', ()):
+                    with contextlib.suppress(Exception):
+                        importlib.import_module(module)
+    with contextlib.suppress(Exception):
+        from crcache import version
+        version.version_string()
+    return plugin_files(entry_points)
+
+
+def plugin_files(entry_points: list) -> dict[str, tuple[int, int]]:
+    """The files that make up the plugins behind ``entry_points``.
+
+    For each entry point: every ``.py`` file of the top-level package its
+    module belongs to, so an edit anywhere in it counts, and so does a
+    reinstall, which rewrites them. (A distribution installed, removed or
+    upgraded changes its ``sys.path`` directory, which the client's
+    fingerprint covers, as it covers crcache's own package.)
+    """
+    own = os.path.dirname(os.path.abspath(__file__))
+    files: dict[str, tuple[int, int]] = {}
+    for entry_point in entry_points:
+        top = entry_point.value.split(':')[0].split('.')[0]
+        module = sys.modules.get(top)
+        path = getattr(module, '__file__', None)
+        if path:
+            directory = os.path.dirname(os.path.abspath(path))
+            if os.path.basename(path) == '__init__.py':
+                if directory != own:
+                    _walk(directory, files)
+            else:
+                _stamp(os.path.abspath(path), files)
+    return files
+
+
+def _walk(directory: str, files: dict[str, tuple[int, int]]) -> None:
+    stack = [directory]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name in ('__pycache__', 'tests'):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            elif entry.name.endswith('.py'):
+                _stamp(entry.path, files)
+
+
+def _stamp(path: str, files: dict[str, tuple[int, int]]) -> None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    files[path] = (st.st_mtime_ns, st.st_size)
+
+
+def changed_plugin(files: dict[str, tuple[int, int]]) -> str | None:
+    """The first of ``files`` changed (or gone) since it was stamped."""
+    for path, stamp in files.items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            return path
+        if (st.st_mtime_ns, st.st_size) != stamp:
+            return path
+    return None
