@@ -77,7 +77,8 @@ def plugin_files(entry_points: list) -> dict[str, tuple[int, int]]:
     upgraded changes its ``sys.path`` directory, which the client's
     fingerprint covers, as it covers crcache's own package.)
     """
-    own = os.path.dirname(os.path.abspath(__file__))
+    # crcache's own package (this module is in crcache/daemons/).
+    own = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     files: dict[str, tuple[int, int]] = {}
     for entry_point in entry_points:
         top = entry_point.value.split(':')[0].split('.')[0]
