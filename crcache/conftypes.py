@@ -7,9 +7,14 @@ and read as seconds (see :func:`crcache.stamps.parse_duration`).
 
 from __future__ import annotations
 
-from oslo_config import types
+from crcache import lazyimports
 
-from crcache.stamps import parse_duration
+# Before oslo.config is imported: see crcache.lazyimports.
+lazyimports.defer(*lazyimports.UNUSED_BY_CRCACHE)
+
+from oslo_config import types  # noqa: E402
+
+from crcache.stamps import parse_duration  # noqa: E402
 
 
 class Duration(types.ConfigType):

@@ -7,9 +7,14 @@ own keys through its module's ``list_opts``.
 
 from __future__ import annotations
 
-from oslo_config import cfg
+from crcache import lazyimports
 
-from crcache.conftypes import Duration
+# Before oslo.config is imported: see crcache.lazyimports.
+lazyimports.defer(*lazyimports.UNUSED_BY_CRCACHE)
+
+from oslo_config import cfg  # noqa: E402
+
+from crcache.conftypes import Duration  # noqa: E402
 
 COMMON_OPTS = [
     cfg.StrOpt(
