@@ -1,9 +1,11 @@
 """The conformance suite (:mod:`crcache.testing`) against ``ssh``.
 
 Every test starts its own OpenSSH server (:mod:`~crcache.tests.functional.
-sshd`) on a loopback port and reaches it as the suite's source. Run
-twice: through the connection holder (the usual case) and with a
-connection per command (``ssh_persist = 0``). Each test has a runtime
+sshd`) on a loopback port and reaches it as the suite's source. The whole
+suite runs through the connection holder (the usual case); the checks of
+``crcache run`` (streams, exit status, signals: what takes another path
+without the holder) run again with a connection per command
+(``ssh_persist = 0``). Each test has a runtime
 directory of its own, so the agent and the holders it leaves behind are
 found and stopped after it.
 """
@@ -17,11 +19,12 @@ import subprocess
 import testtools
 
 from crcache import testing
+from crcache.testing.conformance.running import RunChecks
 from crcache.tests.functional import base
 from crcache.tests.functional import sshd
 
 
-class SSHConformance(testing.SourceConformance):
+class SSHServer:
     """The suite's source is an ssh host: a real sshd of the test's own."""
 
     private_runtime = True
@@ -57,11 +60,12 @@ class SSHConformance(testing.SourceConformance):
                     pass
 
 
-class TestSSHThroughHolder(SSHConformance, testtools.TestCase):
+class TestSSHThroughHolder(SSHServer, testing.SourceConformance,
+                           testtools.TestCase):
     """Commands handed to the connection holder: the usual case."""
 
 
-class TestSSHDirect(SSHConformance, testtools.TestCase):
+class TestSSHDirect(SSHServer, RunChecks, testtools.TestCase):
     """Commands on connections of their own (no holder)."""
 
     overrides = {'ssh_persist': 0}
