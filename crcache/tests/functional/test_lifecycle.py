@@ -641,10 +641,12 @@ class CrashMixin:
         self.assertIn("source 'box' cannot supply", result.stderr)
         self.assertNotEqual(0, result.returncode)
         hook = self.hook_pid()
-        # Another source's acquire is not held up at all.
+        # Another source's acquire is not held up at all: it says no
+        # wait (an empty stderr) and ends long before the hook would
+        # (the bound is loose: a loaded CI machine is slow without it).
         started = time.monotonic()
         result = self.crcache('acquire', '-s', 'local')
-        self.assertLess(time.monotonic() - started, 2, str(result))
+        self.assertLess(time.monotonic() - started, 10, str(result))
         self.assertEqual(('local-0\n', ''), (result.stdout, result.stderr))
         [row] = [r for r in self.instances() if r['name'] == 'box-0']
         self.assertEqual('discarding', row['state'])
