@@ -8,10 +8,17 @@ and a free loopback port (plus any addresses the test asks for), creates
 a role and a database named ``crcache``, and stops it by ``pg_ctl stop``
 in its cleanup, pass or fail. Logins are trusted: the server listens
 only on addresses the test chose.
+
+Making a cluster takes seconds, so tests that do not stop or restart
+their server take a :class:`Database` instead: a database of their own
+(dropped after the test) on one server per test process, which
+:func:`shared_server` starts on first use and stops when the process
+exits.
 """
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import pwd
@@ -19,6 +26,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 
 import fixtures
 import testtools
@@ -148,3 +156,57 @@ class PostgresServer(fixtures.Fixture):
     def url_at(self, address: str) -> str:
         """The crcache database at another address it listens on."""
         return f'postgresql://{ROLE}@{address}:{self.port}/{DATABASE}'
+
+
+_SHARED: PostgresServer | None = None
+
+
+def shared_server(test: testtools.TestCase) -> PostgresServer:
+    """This process's PostgreSQL server, started on first use."""
+    global _SHARED
+    if _SHARED is None:
+        server = PostgresServer(require(test))
+        server.setUp()
+        # Stopped with the test process (its runner's workers end when
+        # the run does), pass or fail.
+        atexit.register(server.cleanUp)
+        _SHARED = server
+    return _SHARED
+
+
+class Database(fixtures.Fixture):
+    """A database of its own, owned by ``crcache``, on the process's
+    shared server (see :func:`shared_server`), dropped after the test.
+
+    Has the URLs and ``psql`` of :class:`PostgresServer`, for that
+    database; a test that stops or restarts its server needs a
+    :class:`PostgresServer` of its own instead.
+    """
+
+    def __init__(self, test: testtools.TestCase) -> None:
+        super().__init__()
+        self.server = shared_server(test)
+        self.database = f'crcache_{uuid.uuid4().hex[:12]}'
+
+    def _setUp(self) -> None:
+        self.server.psql(f'CREATE DATABASE {self.database} OWNER {ROLE}')
+        self.addCleanup(self.server.psql, f'DROP DATABASE IF EXISTS '
+                        f'{self.database} WITH (FORCE)')
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def psql(self, sql: str, user: str = ROLE) -> str:
+        """Run ``sql`` in this database as ``user``."""
+        return self.server.psql(sql, self.database, user)
+
+    @property
+    def tcp_url(self) -> str:
+        return (f'postgresql://{ROLE}@127.0.0.1:{self.server.port}/'
+                f'{self.database}')
+
+    @property
+    def socket_url(self) -> str:
+        return (f'postgresql://{ROLE}@/{self.database}?host='
+                f'{self.server.sockets}&port={self.server.port}')

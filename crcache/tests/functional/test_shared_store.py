@@ -126,13 +126,13 @@ class TestEmbeddedStore(LifecycleMixin, StoreTestCase):
 
 
 class PostgresTestCase(StoreTestCase):
-    """The fleet in a PostgreSQL store, ``team``, of a server of its own."""
+    """The fleet in a PostgreSQL store, ``team``: a database of its own
+    on the test process's server (see :class:`postgres.Database`)."""
 
     store = 'team'
 
     def make_store(self) -> None:
-        self.pg = self.useFixture(postgres.PostgresServer(
-            postgres.require(self)))
+        self.pg = self.useFixture(postgres.Database(self))
         self.store_conf = self.write_store(
             'team', type='postgresql', url=self.pg.socket_url,
             heartbeat_timeout=3)
@@ -218,6 +218,11 @@ class TestPostgres(PostgresTestCase):
                               if r['state'] == 'in-use'])
 
     def test_database_away_then_back(self) -> None:
+        # A server of its own, to stop and start.
+        self.pg = self.useFixture(postgres.PostgresServer(
+            postgres.require(self)))
+        self.write_store('team', type='postgresql', url=self.pg.socket_url,
+                         heartbeat_timeout=3)
         [name] = self.acquire_names()
         self.pg.stop()
         result = self.crcache('acquire', '-s', 'fleet', expect=None)
@@ -235,7 +240,7 @@ class TestPostgres(PostgresTestCase):
     def test_newer_schema_is_refused(self) -> None:
         self.acquire_names()
         self.pg.psql("UPDATE meta SET value = '99' WHERE key = "
-                     "'schema_version'", 'crcache', 'crcache')
+                     "'schema_version'")
         result = self.crcache('status', 'fleet', expect=None)
         self.assertIn('schema version 99, newer than this crcache knows',
                       result.stderr)
@@ -251,5 +256,4 @@ class TestPostgres(PostgresTestCase):
             out, err = proc.communicate(timeout=60)
             self.assertEqual(0, proc.returncode, err)
         self.assertEqual('1\n', self.pg.psql(
-            "SELECT value FROM meta WHERE key = 'schema_version'",
-            'crcache', 'crcache'))
+            "SELECT value FROM meta WHERE key = 'schema_version'"))
