@@ -174,6 +174,9 @@ class SshSource(base.BackendSource):
         import termios
         import tty
 
+        import paramiko
+
+        from crcache import exceptions
         from crcache.sources.ssh import command as sshcommand
         from crcache.sources.ssh import connection as sshconn
         from crcache.sources.ssh import target as sshtarget
@@ -183,8 +186,15 @@ class SshSource(base.BackendSource):
             chan = conn.session()
             if os.isatty(stdin):
                 size = os.get_terminal_size(stdin)
-                chan.get_pty(term=os.environ.get('TERM', 'vt100'),
-                             width=size.columns, height=size.lines)
+                try:
+                    chan.get_pty(term=os.environ.get('TERM', 'vt100'),
+                                 width=size.columns, height=size.lines)
+                except (EOFError, OSError, paramiko.SSHException) as err:
+                    raise exceptions.SourceError(
+                        self.name, f'{self.settings().host} gave no '
+                        'terminal for the shell: '
+                        f"{err or 'it closed the session'} (the server's "
+                        'log says why)')
 
                 def resized(signum: int, frame: object) -> None:
                     new = os.get_terminal_size(stdin)
