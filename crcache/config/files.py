@@ -176,6 +176,7 @@ def _check_renamed(path: str | None, keys: Keys, old: str,
                    new: str) -> None:
     """``old`` is a key's former name: refuse it beside ``new``, else
     warn (once per file and key) that it is deprecated."""
+    _RENAMED.add((old, new))
     if new in keys:
         raise exceptions.ConfigError(
             path, f"both {old!r} and {new!r} are set: {old!r} is the "
@@ -186,14 +187,20 @@ def _check_renamed(path: str | None, keys: Keys, old: str,
 
 
 class _NoOsloDeprecation(logging.Filter):
-    """oslo.config's own deprecation message names groups and options,
-    which a source.conf does not have: crcache says it its own way."""
+    """oslo.config's own message for a renamed crcache key names groups
+    and options, which a source.conf does not have: crcache says it its
+    own way (:func:`_check_renamed`). Other deprecations pass."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return 'is deprecated' not in str(record.msg)
+        args = record.args
+        return not (isinstance(args, dict)
+                    and (args.get('dep_option'), args.get('option'))
+                    in _RENAMED)
 
 
 _WARNED: set[tuple[str | None, str]] = set()
+#: (old name, new name) of every renamed key crcache has loaded.
+_RENAMED: set[tuple[str, str]] = set()
 logging.getLogger('oslo_config.cfg').addFilter(_NoOsloDeprecation())
 
 
