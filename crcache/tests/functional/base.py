@@ -9,48 +9,23 @@ warm agent serves every test) and agents exit soon after the run.
 
 from __future__ import annotations
 
-import atexit
-import dataclasses
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 
 import fixtures
 import testtools
 
-#: The console script installed next to the interpreter running the tests.
-CRCACHE = os.path.join(os.path.dirname(sys.executable), 'crcache')
-_RUNTIME_DIR = None
+# One console script, one shared runtime directory (so one warm agent for
+# every test of the process, whether it uses this base or the public kit)
+# and one Result, as crcache.testing defines them.
+from crcache.testing.environment import (
+    CRCACHE, Result, shared_runtime_dir)
 
-
-def shared_runtime_dir() -> str:
-    """One private XDG_RUNTIME_DIR for every test of this process."""
-    global _RUNTIME_DIR
-    if _RUNTIME_DIR is None:
-        _RUNTIME_DIR = tempfile.mkdtemp(prefix='crcache-test-run.')
-        os.chmod(_RUNTIME_DIR, 0o700)
-        # Removing the socket tells the agent to go, at its next wake-up.
-        atexit.register(shutil.rmtree, _RUNTIME_DIR, ignore_errors=True)
-    return _RUNTIME_DIR
-
-
-@dataclasses.dataclass
-class Result:
-    """What a user sees from one crcache invocation."""
-
-    args: tuple
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def __str__(self) -> str:
-        return (f'crcache {" ".join(self.args)} -> {self.returncode}\n'
-                f'--- stdout ---\n{self.stdout}--- stderr ---\n'
-                f'{self.stderr}')
+__all__ = ['CRCACHE', 'CLITestCase', 'Result', 'shared_runtime_dir']
 
 
 class CLITestCase(testtools.TestCase):
@@ -167,24 +142,8 @@ class CLITestCase(testtools.TestCase):
     @staticmethod
     def local_listing(path: str) -> str:
         """The same listing as :meth:`remote_listing`, of a local tree."""
-        import hashlib
-
-        def mode(entry: str) -> int:
-            return os.stat(entry).st_mode & 0o7777
-
-        lines = [f'{mode(path):o} . -']
-        for root, dirs, files in os.walk(path):
-            for entry in dirs + files:
-                full = os.path.join(root, entry)
-                rel = './' + os.path.relpath(full, path)
-                if os.path.isfile(full):
-                    with open(full, 'rb') as f:
-                        digest = hashlib.sha256(f.read()).hexdigest()
-                else:
-                    digest = '-'
-                lines.append(f'{mode(full):o} {rel} {digest}')
-        return ''.join(line + '\n' for line in sorted(
-            lines, key=lambda line: line.split()[1].encode()))
+        from crcache.testing.conformance import kit
+        return kit.local_listing(path)
 
     def wait_for(self, predicate, timeout: float = 20,
                  what: str = '') -> None:
