@@ -57,9 +57,20 @@ class CLITestCase(testtools.TestCase):
     def write_source(self, name: str, text: str = '',
                      root: str | None = None, **keys: object) -> str:
         """Write ``<root>/sources/<name>/source.conf``; return its path."""
-        directory = os.path.join(root or self.config_root, 'sources', name)
+        return self._write_conf('sources', 'source.conf', name, text, root,
+                                keys)
+
+    def write_store(self, name: str, text: str = '',
+                    root: str | None = None, **keys: object) -> str:
+        """Write ``<root>/stores/<name>/store.conf``; return its path."""
+        return self._write_conf('stores', 'store.conf', name, text, root,
+                                keys)
+
+    def _write_conf(self, kind: str, file_name: str, name: str, text: str,
+                    root: str | None, keys: dict[str, object]) -> str:
+        directory = os.path.join(root or self.config_root, kind, name)
         os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, 'source.conf')
+        path = os.path.join(directory, file_name)
         body = textwrap.dedent(text)
         if keys:
             body = '[DEFAULT]\n' + ''.join(

@@ -171,16 +171,6 @@ class TestSchemas(base.CLITestCase):
         self.assertEqual([('gone-0', 'forgotten')],
                          [(r['name'], r['action']) for r in rows])
 
-    def write_store(self, name: str, root: str | None = None,
-                    **keys: object) -> str:
-        directory = os.path.join(root or self.config_root, 'stores', name)
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, 'store.conf')
-        with open(path, 'w') as f:
-            f.write('[DEFAULT]\n' + ''.join(f'{k}={v}\n'
-                                            for k, v in keys.items()))
-        return path
-
     def test_stores(self) -> None:
         from crcache.tests.functional import sshd
         project = os.path.join(self.project, '.crcache')

@@ -36,16 +36,6 @@ class StoreTestCase(test_ssh.SSHTestCase):
     def make_store(self) -> None:
         self.write_store(self.store, type='sqlite')
 
-    def write_store(self, name: str, root: str | None = None,
-                    **keys: object) -> str:
-        directory = os.path.join(root or self.config_root, 'stores', name)
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, 'store.conf')
-        with open(path, 'w') as f:
-            f.write('[DEFAULT]\n' + ''.join(f'{k}={v}\n'
-                                            for k, v in keys.items()))
-        return path
-
     def write_fleet(self, root: str | None = None,
                     **overrides: object) -> None:
         for i in range(HOSTS):
