@@ -3,7 +3,9 @@
 Interpreter teardown (collecting every object, running atexit hooks
 nothing here needs) costs milliseconds on every command, and CLI latency
 is part of the product. A command, or the agent's worker for it, flushes
-its streams and logging and leaves with ``os._exit``.
+its streams and logging, tells the agent which database connections it
+lent are fit to lend again (:mod:`crcache.daemons.lending`), and leaves
+with ``os._exit``.
 """
 
 from __future__ import annotations
@@ -22,4 +24,7 @@ def finish(status: int) -> None:
     logging = sys.modules.get('logging')
     if logging is not None:  # never imported just to be shut down
         logging.shutdown()
+    lending = sys.modules.get('crcache.daemons.lending')
+    if lending is not None:  # an agent's worker: say what it leaves
+        lending.give_back()
     os._exit(status if isinstance(status, int) else 1)

@@ -19,6 +19,10 @@ What it loads, and how it tells that a plugin changed since, is
 
 The agent holds no state of its own: configuration and the state store
 are read afresh by every worker, so it can never serve stale answers.
+What it does keep is open connections to the PostgreSQL databases its
+workers use (:mod:`crcache.daemons.keeper`), lent to one worker at a
+time and taken back only when the worker leaves them idle, so that a
+command over a shared store does not pay for a new server backend.
 Nor stale code: the client only reaches an agent started from the same
 crcache files and ``sys.path`` (its socket is named after them), and the
 agent itself refuses to serve once a file of any installed plugin (the
@@ -41,7 +45,10 @@ import time
 
 from crcache.daemons import client as agentclient
 from crcache.daemons import ipc as daemon
+from crcache.daemons import keeper as keeper_
+from crcache.daemons import lending
 from crcache.daemons import messages
+from crcache.daemons import pending as pending_
 from crcache.daemons import warmup
 from crcache.daemons import worker
 
@@ -52,44 +59,6 @@ def _identity() -> list[int]:
     """What a worker cannot change about itself: its ids and groups."""
     return [os.getuid(), os.geteuid(), os.getgid(), os.getegid(),
             *sorted(set(os.getgroups()))]
-
-
-class _Pending:
-    """A client whose request (then descriptors) has not fully arrived."""
-
-    __slots__ = ('conn', 'incoming', 'deadline', 'request')
-
-    def __init__(self, conn: socket.socket, deadline: float) -> None:
-        self.conn = conn
-        self.incoming = messages.Incoming(max_fds=3)
-        self.deadline = deadline
-        self.request: tuple | None = None
-
-    def close(self) -> None:
-        self.incoming.close()
-        self.conn.close()
-
-
-def _valid_request(request: object) -> bool:
-    """Whether ``request`` has exactly the shape the client sends."""
-    if not (isinstance(request, tuple) and len(request) == 11
-            and request[0] == agentclient.PROTOCOL):
-        return False
-    (_, argv, env, cwd, umask, client_pid, client_ppid, argv0,
-     warned, identity, ignored) = request
-    if not (isinstance(identity, list) and isinstance(ignored, list)
-            and all(isinstance(n, int) and not isinstance(n, bool)
-                    for n in identity + ignored)):
-        return False
-    return (isinstance(argv, list) and all(isinstance(a, str) for a in argv)
-            and isinstance(env, dict)
-            and all(isinstance(k, str) and isinstance(v, str)
-                    for k, v in env.items())
-            and isinstance(cwd, str) and isinstance(argv0, str)
-            and all(isinstance(n, int) and not isinstance(n, bool)
-                    for n in (umask, client_pid, client_ppid))
-            and isinstance(warned, list)
-            and all(isinstance(w, str) for w in warned))
 
 
 class Agent:
@@ -116,7 +85,11 @@ class Agent:
         self.identity = _identity()
         self.listener: socket.socket | None = None
         self.workers: dict[int, socket.socket] = {}
-        self.pending: dict[int, _Pending] = {}
+        #: Worker pid -> the read end of its report channel.
+        self.reports: dict[int, int] = {}
+        #: Database connections kept to lend to workers.
+        self.keeper = keeper_.Keeper()
+        self.pending: dict[int, pending_.Pending] = {}
         self._gone: set[socket.socket] = set()
         self._wake_r, self._wake_w = os.pipe()
 
@@ -146,6 +119,7 @@ class Agent:
                 self._reap()
                 now = time.monotonic()
                 self._expire(now)
+                self.keeper.expire(now)
                 if self.workers:
                     last_busy = now
                 timeout = self.idle - (now - last_busy)
@@ -159,6 +133,9 @@ class Agent:
                     timeout = 1.0
                 for pending in self.pending.values():
                     timeout = min(timeout, pending.deadline - now)
+                kept = self.keeper.deadline(now)
+                if kept is not None:
+                    timeout = min(timeout, kept)
                 # poll, not select: any number of descriptors will do.
                 poller = select.poll()
                 if self.listener is not None:
@@ -170,6 +147,8 @@ class Agent:
                            if c not in self._gone}
                 for fd in clients:
                     poller.register(fd, select.POLLIN)
+                for fd, events in self.keeper.watched().items():
+                    poller.register(fd, events)
                 ready = poller.poll(max(timeout, 0.01) * 1000)
                 for fd, _ in ready:
                     if self.listener and fd == self.listener.fileno():
@@ -182,8 +161,11 @@ class Agent:
                         self._read(fd)
                     elif fd in clients:
                         self._client_gone(clients[fd])
+                    else:
+                        self.keeper.ready(fd)
         finally:
             self.close()
+            self.keeper.close()
 
     def _still_ours(self) -> bool:
         return self.listener is None or daemon.still_ours(self.path,
@@ -232,7 +214,7 @@ class Agent:
             oldest = min(self.pending, key=lambda fd:
                          self.pending[fd].deadline)
             self._drop(oldest)
-        self.pending[conn.fileno()] = _Pending(
+        self.pending[conn.fileno()] = pending_.Pending(
             conn, time.monotonic() + daemon.REQUEST_DEADLINE)
         self._read(conn.fileno())  # usually all there already
 
@@ -263,7 +245,7 @@ class Agent:
         message = pending.incoming.message
         fds = len(pending.incoming.fds)
         if pending.request is None:
-            if (not _valid_request(message) or fds
+            if (not pending_.valid(message) or fds
                     or not messages.only_request(pending.conn)):
                 self._drop(fd)
                 return
@@ -288,16 +270,35 @@ class Agent:
 
     def _start(self, conn: socket.socket, request: tuple,
                fds: list[int]) -> None:
+        lent = self.keeper.lend()
+        try:
+            report_r, report_w = os.pipe()
+        except OSError:
+            report_r = report_w = -1
         try:
             pid = os.fork()
         except OSError:
+            self.keeper.forked(0, lent)
+            for fd in (report_r, report_w):
+                if fd >= 0:
+                    os.close(fd)
             self._send(conn, 'refused', 'fork failed')
             conn.close()
             for fd in fds:
                 os.close(fd)
             return
         if pid == 0:
+            if report_r >= 0:
+                os.close(report_r)
+            self.keeper.in_worker(lent)
+            if report_w >= 0:
+                lending.setup(report_w, lent)
             self._become_worker(conn, request, fds)
+        self.keeper.forked(pid, lent)
+        if report_r >= 0:
+            os.close(report_w)
+            os.set_blocking(report_r, False)
+            self.reports[pid] = report_r
         # Both sides set the worker's process group (as shells do), so it
         # exists before the client can signal it.
         with contextlib.suppress(OSError):
@@ -327,6 +328,12 @@ class Agent:
                 return
             if pid == 0:
                 return
+            report = self.reports.pop(pid, None)
+            self.keeper.finished(
+                pid, lending.read_reports(report) if report is not None
+                else [])
+            if report is not None:
+                os.close(report)
             conn = self.workers.pop(pid, None)
             if conn is None:
                 continue
@@ -361,6 +368,8 @@ class Agent:
         conn.close()
         for other in self.workers.values():
             other.close()
+        for report in self.reports.values():
+            os.close(report)  # other workers' report channels
         for pending in self.pending.values():
             pending.close()  # other clients' requests and descriptors
 

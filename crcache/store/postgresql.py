@@ -123,18 +123,32 @@ class PostgreSQLStore(base.Store):
                  'taken to be abandoned: crcache gc on any machine may '
                  'then finish or undo it. Workers beat several times '
                  'within it.'),
+        cfg.IntOpt(
+            'agent_connections',
+            default=32,
+            min=0,
+            help='For postgresql stores: how many connections to the '
+                 "database each user's crcache agent on a machine may "
+                 'keep open and lend to its commands, so that a command '
+                 'does not pay for a new connection (and the server for '
+                 'a new backend). Each is closed after 30 seconds '
+                 'unused. Count them in the server\'s max_connections; '
+                 '0 keeps none.'),
     ]
 
     @classmethod
     def from_conf(cls, name: str, conf: Any,
                   env: Mapping[str, str]) -> 'PostgreSQLStore':
         return cls(conf.url, name=name,
-                   heartbeat_timeout=conf.heartbeat_timeout)
+                   heartbeat_timeout=conf.heartbeat_timeout,
+                   agent_connections=conf.agent_connections)
 
     def __init__(self, url: str, name: str = 'shared',
-                 heartbeat_timeout: float = 30.0) -> None:
+                 heartbeat_timeout: float = 30.0,
+                 agent_connections: int = 32) -> None:
         self.name = name
         self.heartbeat_timeout = heartbeat_timeout
+        self.agent_connections = agent_connections
         self.url = url
         self.location = shown(url)
         self._lock = threading.Lock()
@@ -147,6 +161,8 @@ class PostgreSQLStore(base.Store):
         self._errors = (psycopg.Error,)
         self._undefined_table = psycopg.errors.UndefinedTable
         self._operational = psycopg.OperationalError
+        if self._borrow():
+            return
         try:
             self._conn = psycopg.connect(url, autocommit=True,
                                          connect_timeout=CONNECT_TIMEOUT)
@@ -155,6 +171,35 @@ class PostgreSQLStore(base.Store):
                 f'cannot reach the state store {self.location} (store '
                 f'{name!r}): {_reason(err)}')
         self._ensure_schema()
+        if self._lending is not None and self.agent_connections:
+            self._lending.offer(self._key, _conninfo(self._conn),
+                                self.agent_connections)
+
+    def _borrow(self) -> bool:
+        """Use the connection the agent lent this worker, if it did.
+
+        Kept idle by the agent, it may have been closed since (by a
+        server restart, say): then it is given up and a new one made,
+        which is safe because nothing was done on it yet.
+        """
+        self._lending = None
+        from crcache.daemons import lending
+        if not lending.active():
+            return False
+        self._lending = lending
+        self._key = lending.key(self.url)
+        conn = lending.borrow(self._key, self._lock)
+        if conn is None:
+            return False
+        self._conn = conn
+        try:
+            self._ensure_schema()
+        except exceptions.StoreError:
+            if not (conn.closed or conn.broken):
+                raise  # the database's answer, not the connection's
+            lending.spoil(self._key)
+            return False
+        return True
 
     def _ensure_schema(self) -> None:
         # Usually the schema is there and current: one statement, one
@@ -252,8 +297,21 @@ class PostgreSQLStore(base.Store):
             f'the state store {self.location} refused: {_reason(err)}')
 
     def close(self) -> None:
+        if self._lending is not None and self._lending.borrowed(self._conn):
+            return  # the agent's: given back as the worker ends
         with contextlib.suppress(*self._errors):
             self._conn.close()
+
+
+def _conninfo(conn: Any) -> str:
+    """``conn``'s effective connection parameters, as a conninfo string
+    (password included: it goes to this user's own agent only)."""
+    from psycopg.conninfo import make_conninfo
+    params = {}
+    for option in conn.pgconn.info:
+        if option.val is not None and option.val != b'':
+            params[option.keyword.decode()] = option.val.decode()
+    return make_conninfo('', **params)
 
 
 def list_opts() -> list[tuple[str | None, list]]:

@@ -66,11 +66,14 @@ class PostgresServer(fixtures.Fixture):
     """
 
     def __init__(self, bin_path: str, addresses: tuple[str, ...] = (),
-                 networks: tuple[str, ...] = ()) -> None:
+                 networks: tuple[str, ...] = (),
+                 settings: dict[str, str] | None = None) -> None:
         super().__init__()
         self.bin = bin_path
         self.addresses = addresses
         self.networks = networks
+        #: Server settings (``-c name=value``) besides the fixture's own.
+        self.settings = settings or {}
 
     def _setUp(self) -> None:
         self.dir = tempfile.mkdtemp(prefix='crcache-pg.')
@@ -112,7 +115,9 @@ class PostgresServer(fixtures.Fixture):
             [os.path.join(self.bin, 'pg_ctl'), '-D', self.data, '-l',
              self.log, '-w', '-t', '30', '-o',
              f"-k {self.sockets} -p {self.port} "
-             f"-c listen_addresses='{listen}' -c fsync=off",
+             f"-c listen_addresses='{listen}' -c fsync=off"
+             + ''.join(f' -c {name}={value}'
+                       for name, value in self.settings.items()),
              'start'], check=False)
         if result.returncode:
             with open(self.log, errors='replace') as f:

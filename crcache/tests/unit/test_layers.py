@@ -21,7 +21,8 @@ LAYERS = [
     # The package itself re-exports the Python API (lazily): on top.
     ('entry', ['crcache.shell', 'crcache.__main__',
                'crcache.daemons.agent', 'crcache.daemons.warmup',
-               'crcache.daemons.worker', 'crcache']),
+               'crcache.daemons.worker', 'crcache.daemons.keeper',
+               'crcache.daemons.pending', 'crcache']),
     ('cli', ['crcache.app', 'crcache.formatters', 'crcache.cmd',
              'crcache.cmd.']),
     ('api', ['crcache.api', 'crcache.api.', 'crcache.testing',
@@ -37,6 +38,7 @@ LAYERS = [
               'crcache.finish',
               'crcache.daemons',
               'crcache.daemons.client', 'crcache.daemons.ipc',
+              'crcache.daemons.lending',
               'crcache.daemons.messages']),
 ]
 #: Within a layer, groups that must not import each other.
