@@ -3,9 +3,10 @@
 Interpreter teardown (collecting every object, running atexit hooks
 nothing here needs) costs milliseconds on every command, and CLI latency
 is part of the product. A command, or the agent's worker for it, flushes
-its streams and logging, tells the agent which database connections it
-lent are fit to lend again (:mod:`crcache.daemons.lending`), and leaves
-with ``os._exit``.
+its streams and logging, tells the agent which configuration it had to
+load itself (:mod:`crcache.config.prepared`) and which database
+connections it was lent are fit to lend again
+(:mod:`crcache.daemons.lending`), and leaves with ``os._exit``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ def finish(status: int) -> None:
     if logging is not None:  # never imported just to be shut down
         logging.shutdown()
     lending = sys.modules.get('crcache.daemons.lending')
-    if lending is not None:  # an agent's worker: say what it leaves
-        lending.give_back()
+    if lending is not None and lending.active():  # an agent's worker
+        prepared = sys.modules.get('crcache.config.prepared')
+        for env, cwd in prepared.wanted() if prepared else ():
+            lending.report(('config', env, cwd))
+        lending.give_back()  # and say what it leaves of its database
     os._exit(status if isinstance(status, int) else 1)

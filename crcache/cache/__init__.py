@@ -27,6 +27,7 @@ responsible; gc finishes or undoes such work.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +82,13 @@ class Cache:
         """The cache of the configuration (and so the state stores) that
         ``env`` (default: this process's environment) names, as the
         command line finds them."""
-        return cls(Config(env=env), progress=progress)
+        from crcache.config import prepared
+        environ = os.environ if env is None else env
+        config = prepared.take(environ)
+        if config is None:
+            config = Config(env=env)
+            prepared.loaded(environ)
+        return cls(config, progress=progress)
 
     def close(self) -> None:
         """Close the state stores (and stop their heartbeats); the cache

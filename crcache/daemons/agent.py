@@ -89,6 +89,8 @@ class Agent:
         self.reports: dict[int, int] = {}
         #: Database connections kept to lend to workers.
         self.keeper = keeper_.Keeper()
+        #: A configuration to load ahead, once no request waits.
+        self.config_wanted: tuple[dict, str] | None = None
         self.pending: dict[int, pending_.Pending] = {}
         self._gone: set[socket.socket] = set()
         self._wake_r, self._wake_w = os.pipe()
@@ -117,6 +119,9 @@ class Agent:
         try:
             while True:
                 self._reap()
+                if self.config_wanted and not self.pending:
+                    warmup.prepare_config(self.config_wanted)
+                    self.config_wanted = None
                 now = time.monotonic()
                 self._expire(now)
                 self.keeper.expire(now)
@@ -271,34 +276,26 @@ class Agent:
     def _start(self, conn: socket.socket, request: tuple,
                fds: list[int]) -> None:
         lent = self.keeper.lend()
+        channel: list[int] = []  # the worker's reports: read, write
         try:
-            report_r, report_w = os.pipe()
-        except OSError:
-            report_r = report_w = -1
-        try:
+            channel.extend(os.pipe())
             pid = os.fork()
         except OSError:
             self.keeper.forked(0, lent)
-            for fd in (report_r, report_w):
-                if fd >= 0:
-                    os.close(fd)
+            for fd in channel + fds:
+                os.close(fd)
             self._send(conn, 'refused', 'fork failed')
             conn.close()
-            for fd in fds:
-                os.close(fd)
             return
         if pid == 0:
-            if report_r >= 0:
-                os.close(report_r)
+            os.close(channel[0])
             self.keeper.in_worker(lent)
-            if report_w >= 0:
-                lending.setup(report_w, lent)
+            lending.setup(channel[1], lent)
             self._become_worker(conn, request, fds)
         self.keeper.forked(pid, lent)
-        if report_r >= 0:
-            os.close(report_w)
-            os.set_blocking(report_r, False)
-            self.reports[pid] = report_r
+        os.close(channel[1])
+        os.set_blocking(channel[0], False)
+        self.reports[pid] = channel[0]
         # Both sides set the worker's process group (as shells do), so it
         # exists before the client can signal it.
         with contextlib.suppress(OSError):
@@ -329,9 +326,10 @@ class Agent:
             if pid == 0:
                 return
             report = self.reports.pop(pid, None)
-            self.keeper.finished(
-                pid, lending.read_reports(report) if report is not None
-                else [])
+            said = lending.read_reports(report) if report else []
+            self.keeper.finished(pid, said)
+            self.config_wanted = (warmup.config_wanted(said)
+                                  or self.config_wanted)
             if report is not None:
                 os.close(report)
             conn = self.workers.pop(pid, None)

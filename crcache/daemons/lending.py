@@ -108,6 +108,12 @@ def offer(key: tuple, conninfo: str, most: int) -> None:
     _send(('keep', key, conninfo, most))
 
 
+def report(message: tuple) -> None:
+    """Send the agent ``message`` (it reads them once this worker ends;
+    see :func:`crcache.daemons.warmup.config_wanted`)."""
+    _send(message)
+
+
 def give_back() -> None:
     """Tell the agent which lent connections are fit to lend again.
 

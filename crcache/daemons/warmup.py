@@ -68,6 +68,28 @@ def preload() -> dict[str, tuple[int, int]]:
     return plugin_files(entry_points)
 
 
+def config_wanted(reports: list[tuple]) -> tuple[dict, str] | None:
+    """The configuration a finished worker loaded itself (the last one),
+    as ``(environment, working directory)``, from its ``reports``."""
+    found = None
+    for report in reports:
+        if (len(report) == 3 and report[0] == 'config'
+                and isinstance(report[1], dict)
+                and all(isinstance(k, str) and isinstance(v, str)
+                        for k, v in report[1].items())
+                and isinstance(report[2], str)):
+            found = (report[1], report[2])
+    return found
+
+
+def prepare_config(wanted: tuple[dict, str]) -> None:
+    """Load the configuration ``wanted`` (see :func:`config_wanted`) for
+    the workers forked from now on: :mod:`crcache.config.prepared`."""
+    with contextlib.suppress(Exception):
+        from crcache.config import prepared
+        prepared.prepare(*wanted)
+
+
 def plugin_files(entry_points: list) -> dict[str, tuple[int, int]]:
     """The files that make up the plugins behind ``entry_points``.
 

@@ -73,6 +73,26 @@ class TestAgent(AgentTestCase):
             self._sockets()[0])).st_mode & 0o777)
         self.wait_for(lambda: AGENT in self._runner_of_command())
 
+    def test_configuration_loaded_ahead_never_hides_an_edit(self) -> None:
+        # Old enough for the agent to load it ahead (see
+        # crcache.config.prepared.SETTLE), for the workers it forks next.
+        self.write_source('box', type='local', maximum=2)
+        time.sleep(2.2)
+        for _ in range(3):
+            self.assertEqual(2, self.status('box')['box']['max'])
+        # Rewritten in place, same size; then another source appears.
+        self.write_source('box', type='local', maximum=3)
+        self.assertEqual(3, self.status('box')['box']['max'])
+        self.write_source('more', type='local')
+        self.assertEqual(['box', 'local', 'more'], sorted(self.status()))
+        # And a key the user must be warned about is warned about by
+        # every command.
+        self.write_source('ship', type='docker', image='debian')
+        time.sleep(2.2)
+        for _ in range(3):
+            result = self.crcache('status', 'box')
+            self.assertIn("key 'image' is deprecated", result.stderr)
+
     def test_off_switch(self) -> None:
         self.env['CRCACHE_AGENT'] = '0'
         self.name = self.crcache('acquire').stdout.strip()
