@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -38,8 +38,11 @@ SCHEMA_VERSION = 1
 #: The advisory lock that serialises crcache's writers (an arbitrary
 #: 64-bit constant: 'crcache' in ASCII).
 LOCK_KEY = 0x6372636163686500
-#: What starts a write transaction: the lock is taken inside it.
-_BEGIN_LOCKED = f'BEGIN; SELECT pg_advisory_xact_lock({LOCK_KEY})'
+#: What starts a write transaction (the lock is taken inside it) and a
+#: read one: sent with the transaction's first statement, in one message
+#: (see :class:`_PGTransaction`).
+_BEGIN_WRITE = ('BEGIN', f'SELECT pg_advisory_xact_lock({LOCK_KEY})')
+_BEGIN_READ = ('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY',)
 #: Seconds to wait for the server to answer a connection.
 CONNECT_TIMEOUT = 10
 _MIGRATIONS = {1: '''
@@ -223,10 +226,11 @@ class PostgreSQLStore(base.Store):
             return
         # Made or upgraded in one transaction, under the writers' lock.
         with self.transaction() as tx:
+            exists = tx._execute("SELECT to_regclass('meta') IS NOT NULL"
+                                 ).fetchone()[0]
             conn = tx._conn
             version = 0
-            if conn.execute("SELECT to_regclass('meta') IS NOT NULL"
-                            ).fetchone()[0]:
+            if exists:
                 row = conn.execute(
                     "SELECT value FROM meta WHERE key = 'schema_version'"
                 ).fetchone()
@@ -259,27 +263,24 @@ class PostgreSQLStore(base.Store):
     def transaction(self, write: bool = True
                     ) -> Iterator[sql.SQLTransaction]:
         # One connection, one transaction at a time: threads of this
-        # process (parallel provisioning) take turns.
+        # process (parallel provisioning) take turns. BEGIN (and the
+        # lock) go out with the first statement: a round trip saved, and
+        # a transaction that runs no statement costs none.
         with self._lock:
             conn = self._conn
+            tx = _PGTransaction(conn, self.location, self.name,
+                                _BEGIN_WRITE if write else _BEGIN_READ)
             try:
-                if write:
-                    # One round trip: both statements in one message.
-                    conn.execute(_BEGIN_LOCKED)
-                else:
-                    conn.execute('BEGIN ISOLATION LEVEL REPEATABLE READ '
-                                 'READ ONLY')
-            except self._errors as err:
-                raise self._failure(err)
-            try:
-                yield sql.SQLTransaction(conn, self.location, self.name,
-                                         placeholder='%s')
+                yield tx
             except BaseException as err:
-                with contextlib.suppress(*self._errors):
-                    conn.execute('ROLLBACK')
+                if tx.begun:
+                    with contextlib.suppress(*self._errors):
+                        conn.execute('ROLLBACK')
                 if isinstance(err, self._errors):
                     raise self._failure(err) from None
                 raise
+            if not tx.begun:
+                return
             try:
                 conn.execute('COMMIT')
             except self._errors as err:
@@ -301,6 +302,36 @@ class PostgreSQLStore(base.Store):
             return  # the agent's: given back as the worker ends
         with contextlib.suppress(*self._errors):
             self._conn.close()
+
+
+class _PGTransaction(sql.SQLTransaction):
+    """A transaction whose ``BEGIN`` goes with its first statement.
+
+    The first statement is bound on the client (psycopg's
+    ``ClientCursor``, which quotes every value as a literal) so that it
+    can share one simple-protocol message with the statements that
+    begin the transaction; the rest are sent as usual.
+    """
+
+    def __init__(self, conn: Any, location: str, store: str,
+                 begin: tuple[str, ...]) -> None:
+        super().__init__(conn, location, store, placeholder='%s')
+        self._begin = begin
+        #: Whether BEGIN was sent (so COMMIT or ROLLBACK is due).
+        self.begun = False
+
+    def _execute(self, sql_text: str, args: Iterable[Any] = ()) -> Any:
+        if self.begun:
+            return super()._execute(sql_text, args)
+        self.begun = True
+        import psycopg
+        cursor = psycopg.ClientCursor(self._conn)
+        cursor.execute('; '.join((*self._begin,
+                                  sql_text.replace('?', '%s'))),
+                       list(args))
+        for _ in self._begin:  # to the statement's own result
+            cursor.nextset()
+        return cursor
 
 
 def _conninfo(conn: Any) -> str:
