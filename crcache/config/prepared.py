@@ -126,17 +126,18 @@ def wanted() -> list[tuple[dict[str, str], str]]:
     return list(_loaded)
 
 
-def prepare(env: dict[str, str], cwd: str) -> bool:
+def prepare(env: dict[str, str], cwd: str) -> Any | None:
     """In the agent: load the configuration a worker with ``env`` in
-    ``cwd`` would, keep it for the next workers; False if it was not
-    kept (it could not be loaded, or it logged something)."""
+    ``cwd`` would and keep it for the next workers; return it, or None
+    if it was not kept (it could not be loaded, it logged something, or
+    its files changed too recently)."""
     from crcache import paths
     from crcache.config import Config
     from crcache.config import files
     wanted_key = key(env, cwd)
     entry = _prepared.get(wanted_key)
     if entry is not None and stamps(entry[0].roots) == entry[1]:
-        return True
+        return entry[0]
     saved_env = dict(os.environ)
     saved_warned = set(files._WARNED)
     catcher = _Catcher()
@@ -156,18 +157,18 @@ def prepare(env: dict[str, str], cwd: str) -> bool:
             os.environ.update(saved_env)
             os.chdir(saved_cwd)
     except Exception:
-        return False
+        return None
     finally:
         root_logger.removeHandler(catcher)
         files._WARNED.clear()
         files._WARNED.update(saved_warned)
     if catcher.caught or stamped != before or _recent(stamped):
-        return False
+        return None
     _prepared.pop(wanted_key, None)
     _prepared[wanted_key] = (config, stamped)
     while len(_prepared) > MOST:
         del _prepared[next(iter(_prepared))]
-    return True
+    return config
 
 
 class _Catcher(logging.Handler):

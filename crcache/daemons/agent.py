@@ -89,6 +89,7 @@ class Agent:
         self.reports: dict[int, int] = {}
         #: Database connections kept to lend to workers.
         self.keeper = keeper_.Keeper()
+        self.worker_rss = 0  # KiB: the largest a worker has been
         #: A configuration to load ahead, once no request waits.
         self.config_wanted: tuple[dict, str] | None = None
         self.pending: dict[int, pending_.Pending] = {}
@@ -320,11 +321,12 @@ class Agent:
     def _reap(self) -> None:
         while self.workers:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            self.worker_rss = max(self.worker_rss, usage.ru_maxrss)
             report = self.reports.pop(pid, None)
             said = lending.read_reports(report) if report else []
             self.keeper.finished(pid, said)
@@ -387,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     agent.plugins = warmup.preload()
     agent.serve()
+    warmup.report_memory(agent.worker_rss)
     return 0
 
 

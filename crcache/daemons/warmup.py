@@ -39,11 +39,12 @@ PLUGIN_NAMESPACES = ('crcache.cmd', 'crcache.sources', 'crcache.stores',
 def preload() -> dict[str, tuple[int, int]]:
     """Import what workers use, including every installed plugin.
 
-    That is crcache's own :data:`PRELOAD`, every plugin of
-    :data:`PLUGIN_NAMESPACES`, and the modules each source or store type
-    lists in its ``warm_modules``. Returns the plugins' files with their
-    modification times and sizes
-    (see :func:`plugin_files`).
+    That is crcache's own :data:`PRELOAD` and every plugin of
+    :data:`PLUGIN_NAMESPACES`. The libraries a source or store type
+    names in its ``warm_modules`` (paramiko, the Docker SDK, psycopg:
+    tens of MiB each) are imported later, by :func:`warm_for`, only once
+    a configuration uses that type. Returns the plugins' files with
+    their modification times and sizes (see :func:`plugin_files`).
     """
     for name in PRELOAD:
         with contextlib.suppress(Exception):
@@ -55,13 +56,6 @@ def preload() -> dict[str, tuple[int, int]]:
             manager = extension.ExtensionManager(
                 namespace, on_load_failure_callback=lambda *a: None)
             entry_points.extend(manager.list_entry_points())
-            for ext in manager:
-                # A source or store type names the libraries its
-                # commands would import later (paramiko, the Docker SDK,
-                # psycopg): worth loading once, here.
-                for module in getattr(ext.plugin, 'warm_modules', ()):
-                    with contextlib.suppress(Exception):
-                        importlib.import_module(module)
     with contextlib.suppress(Exception):
         from crcache import version
         version.version_string()
@@ -84,10 +78,50 @@ def config_wanted(reports: list[tuple]) -> tuple[dict, str] | None:
 
 def prepare_config(wanted: tuple[dict, str]) -> None:
     """Load the configuration ``wanted`` (see :func:`config_wanted`) for
-    the workers forked from now on: :mod:`crcache.config.prepared`."""
+    the workers forked from now on (:mod:`crcache.config.prepared`),
+    and what its types need (:func:`warm_for`)."""
     with contextlib.suppress(Exception):
         from crcache.config import prepared
-        prepared.prepare(*wanted)
+        config = prepared.prepare(*wanted)
+        if config is not None:
+            warm_for(config)
+
+
+#: Modules imported for the types of the configurations seen so far.
+_warmed: set[str] = set()
+
+
+def warm_for(config: object) -> None:
+    """Import the ``warm_modules`` of every source and store type
+    ``config`` uses (the libraries their commands would import later:
+    worth loading once, here), then keep them out of the garbage
+    collector's way as :meth:`Agent.serve` does for the rest."""
+    types = [type(source) for source in config._sources.values()]
+    types += [cls for cls, _ in config._stores.values()]
+    modules = [module for cls in types
+               for module in getattr(cls, 'warm_modules', ())
+               if module not in _warmed]
+    if not modules:
+        return
+    for module in modules:
+        _warmed.add(module)
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+    import gc
+    gc.collect()
+    gc.freeze()
+
+
+def report_memory(worker_rss: int) -> None:
+    """Say on stderr (the agent's log) how large the agent and its
+    largest worker grew (their maximum resident set sizes, in KiB):
+    ``benchmarks/`` read it from there."""
+    import resource
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f'crcache agent: max RSS {own} KiB, largest '
+                         f'worker {worker_rss} KiB\n')
+        sys.stderr.flush()
 
 
 def plugin_files(entry_points: list) -> dict[str, tuple[int, int]]:

@@ -41,9 +41,10 @@ class Source(abc.ABC):
     #: type whose instances are one machine, 0 (no limit) otherwise.
     default_maximum: ClassVar[int] = 0
     #: Modules the type's commands import when they first need them (its
-    #: library, its connection code): the crcache agent imports them once,
-    #: so that commands through it find them loaded. Names only; nothing
-    #: is imported at start-up for them.
+    #: library, its connection code): the crcache agent imports them once
+    #: a configuration it loaded uses the type, so that commands through
+    #: it find them loaded. Names only; nothing is imported at start-up
+    #: for them.
     warm_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, conf: Any,

@@ -93,6 +93,26 @@ class TestAgent(AgentTestCase):
             result = self.crcache('status', 'box')
             self.assertIn("key 'image' is deprecated", result.stderr)
 
+    def test_libraries_are_loaded_for_the_types_configured(self) -> None:
+        def loaded(library: str) -> bool:
+            with open(f'/proc/{self._agent_pids()[0]}/maps') as f:
+                return library in f.read()
+
+        # Only local sources: the agent never loads paramiko (and with
+        # it cryptography's OpenSSL bindings, tens of MiB).
+        self.write_source('box', type='local')
+        time.sleep(2.2)  # settled: see crcache.config.prepared.SETTLE
+        self.wait_for(lambda: self.crcache('status') and self._agent_pids(),
+                      20, 'an agent')
+        for _ in range(3):
+            self.crcache('status')
+        self.assertFalse(loaded('cryptography'))
+        # Once a configuration it loads has an ssh source, it does.
+        self.write_source('far', type='ssh', ssh_host='127.0.0.1')
+        time.sleep(2.2)
+        self.wait_for(lambda: self.crcache('status', 'box')
+                      and loaded('cryptography'), 20, 'paramiko loaded')
+
     def test_off_switch(self) -> None:
         self.env['CRCACHE_AGENT'] = '0'
         self.name = self.crcache('acquire').stdout.strip()

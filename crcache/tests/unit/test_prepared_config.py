@@ -46,7 +46,7 @@ class TestPrepared(testtools.TestCase):
 
     def test_prepared_configuration_is_taken_while_unchanged(self) -> None:
         self.assertIsNone(self.take())
-        self.assertTrue(prepared.prepare(dict(self.env), self.cwd))
+        self.assertIsNotNone(prepared.prepare(dict(self.env), self.cwd))
         config = self.take()
         self.assertIsNotNone(config)
         self.assertEqual(['box', 'local'], sorted(config.definitions))
@@ -73,19 +73,19 @@ class TestPrepared(testtools.TestCase):
     def test_recently_changed_files_are_not_prepared(self) -> None:
         self.useFixture(fixtures.MonkeyPatch(
             'crcache.config.prepared.SETTLE', 3600))
-        self.assertFalse(prepared.prepare(dict(self.env), self.cwd))
+        self.assertIsNone(prepared.prepare(dict(self.env), self.cwd))
         self.assertIsNone(self.take())
 
     def test_configuration_that_warns_is_not_prepared(self) -> None:
         # A deprecated key: the user must see its warning, so every
         # worker loads this one itself.
         self.write('ship', 'type = docker\nimage = debian\n')
-        self.assertFalse(prepared.prepare(dict(self.env), self.cwd))
+        self.assertIsNone(prepared.prepare(dict(self.env), self.cwd))
         self.assertIsNone(self.take())
 
     def test_broken_configuration_is_prepared_with_its_errors(self) -> None:
         self.write('bad', 'type = local\nmaximum = many\n')
-        self.assertTrue(prepared.prepare(dict(self.env), self.cwd))
+        self.assertIsNotNone(prepared.prepare(dict(self.env), self.cwd))
         self.assertIn('bad', self.take().errors)
 
     def test_the_agent_keeps_a_few(self) -> None:
