@@ -388,8 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     if not agent.bind():
         return 0
     agent.plugins = warmup.preload()
-    agent.serve()
-    warmup.report_memory(agent.worker_rss)
+    try:
+        agent.serve()
+    finally:  # SIGTERM too
+        warmup.report_memory(agent.worker_rss)
     return 0
 
 
