@@ -234,9 +234,20 @@ def _terminated(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def run(argv: list[str]) -> int:
-    """Run one crcache command line in this process; return the status."""
+def run(argv: list[str], prebuilt: CrcacheApp | None = None) -> int:
+    """Run one crcache command line in this process; return the status.
+
+    ``prebuilt`` is an application built ahead (by the agent's spare
+    worker, before it knew its client): used if it was built for the
+    program name this process now has, after taking on the process's
+    current locale and standard streams.
+    """
+    import os
     import signal
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _terminated)
+    if (prebuilt is not None
+            and prebuilt.parser.prog == os.path.basename(sys.argv[0])):
+        prebuilt._set_streams(None, None, None)
+        return prebuilt.run(argv)
     return CrcacheApp().run(argv)

@@ -49,6 +49,7 @@ from crcache.daemons import keeper as keeper_
 from crcache.daemons import lending
 from crcache.daemons import messages
 from crcache.daemons import pending as pending_
+from crcache.daemons import spare as spare_
 from crcache.daemons import warmup
 from crcache.daemons import worker
 
@@ -89,6 +90,8 @@ class Agent:
         self.reports: dict[int, int] = {}
         #: Database connections kept to lend to workers.
         self.keeper = keeper_.Keeper()
+        #: A worker forked ahead, waiting for the next request.
+        self.spare = spare_.Spare(self)
         self.worker_rss = 0  # KiB: the largest a worker has been
         #: A configuration to load ahead, once no request waits.
         self.config_wanted: tuple[dict, str] | None = None
@@ -123,6 +126,9 @@ class Agent:
                 if self.config_wanted and not self.pending:
                     warmup.prepare_config(self.config_wanted)
                     self.config_wanted = None
+                if not self.pending and not self.workers:  # idle
+                    self.spare.ensure(warmup.generation
+                                      + self.keeper.opened)
                 now = time.monotonic()
                 self._expire(now)
                 self.keeper.expire(now)
@@ -190,6 +196,7 @@ class Agent:
         return None
 
     def close(self) -> None:
+        self.spare.retire()
         for pending in self.pending.values():
             pending.close()
         self.pending.clear()
@@ -276,31 +283,17 @@ class Agent:
 
     def _start(self, conn: socket.socket, request: tuple,
                fds: list[int]) -> None:
-        lent = self.keeper.lend()
-        channel: list[int] = []  # the worker's reports: read, write
-        try:
-            channel.extend(os.pipe())
-            pid = os.fork()
-        except OSError:
-            self.keeper.forked(0, lent)
-            for fd in channel + fds:
-                os.close(fd)
+        pid = self.spare.take(request, fds)
+        if pid is None:
+            pid = spare_.fork(
+                self, lambda: worker.run(request, fds,
+                                         lambda: self.leave(conn)))
+        if pid is None:
             self._send(conn, 'refused', 'fork failed')
             conn.close()
+            for fd in fds:
+                os.close(fd)
             return
-        if pid == 0:
-            os.close(channel[0])
-            self.keeper.in_worker(lent)
-            lending.setup(channel[1], lent)
-            self._become_worker(conn, request, fds)
-        self.keeper.forked(pid, lent)
-        os.close(channel[1])
-        os.set_blocking(channel[0], False)
-        self.reports[pid] = channel[0]
-        # Both sides set the worker's process group (as shells do), so it
-        # exists before the client can signal it.
-        with contextlib.suppress(OSError):
-            os.setpgid(pid, pid)
         for fd in fds:
             os.close(fd)
         self.workers[pid] = conn
@@ -327,6 +320,7 @@ class Agent:
             if pid == 0:
                 return
             self.worker_rss = max(self.worker_rss, usage.ru_maxrss)
+            self.spare.reaped(pid)
             report = self.reports.pop(pid, None)
             said = lending.read_reports(report) if report else []
             self.keeper.finished(pid, said)
@@ -356,16 +350,14 @@ class Agent:
 
     # -- the worker --------------------------------------------------------
 
-    def _become_worker(self, conn: socket.socket, request: tuple,
-                       fds: list[int]) -> None:
-        worker.run(request, fds, lambda: self._leave(conn))
-
-    def _leave(self, conn: socket.socket) -> None:
+    def leave(self, conn: socket.socket | None = None) -> None:
         """In a worker: close what is the agent's, not the command's."""
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
         self.listener.close()
-        conn.close()
+        if conn is not None:
+            conn.close()
+        self.spare.leave()
         for other in self.workers.values():
             other.close()
         for report in self.reports.values():

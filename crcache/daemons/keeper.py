@@ -59,6 +59,9 @@ class Keeper:
         self.lent: dict[int, dict[tuple, Any]] = {}
         self.opening: dict[int, _Opening] = {}
         self.failed: dict[tuple, float] = {}
+        #: Connections opened so far (a spare worker forked before the
+        #: last one lacks it: see crcache.daemons.spare).
+        self.opened = 0
 
     # -- the agent's poll loop ---------------------------------------------
 
@@ -139,6 +142,12 @@ class Keeper:
         # Kept referenced until the worker's os._exit: never finalised.
         _orphans.extend(conns)
         _orphans.extend(o.pgconn for o in self.opening.values())
+
+    def reclaim(self, pid: int) -> None:
+        """Take back at once what worker ``pid`` was lent: it never used
+        it and never will (a spare worker let go before its request)."""
+        for key, conn in self.lent.pop(pid, {}).items():
+            self._keep(key, conn)
 
     def finished(self, pid: int, reports: list[tuple]) -> None:
         """Worker ``pid`` is gone; ``reports`` is what it said."""
@@ -225,6 +234,7 @@ class Keeper:
                 pgconn.finish()
             return
         self.failed.pop(opening.key, None)
+        self.opened += 1
         self._keep(opening.key, conn)
 
     def _keep(self, key: tuple, conn: Any) -> None:

@@ -76,13 +76,24 @@ def config_wanted(reports: list[tuple]) -> tuple[dict, str] | None:
     return found
 
 
+#: Counts what the agent loaded since it started (configurations ahead,
+#: libraries): a spare worker forked before the last change is retired
+#: (see :mod:`crcache.daemons.spare`).
+generation = 0
+
+
 def prepare_config(wanted: tuple[dict, str]) -> None:
     """Load the configuration ``wanted`` (see :func:`config_wanted`) for
     the workers forked from now on (:mod:`crcache.config.prepared`),
     and what its types need (:func:`warm_for`)."""
+    global generation
     with contextlib.suppress(Exception):
         from crcache.config import prepared
+        before = prepared._prepared.get(prepared.key(*wanted))
         config = prepared.prepare(*wanted)
+        if config is not None and (before is None
+                                   or before[0] is not config):
+            generation += 1
         if config is not None:
             warm_for(config)
 
@@ -103,6 +114,8 @@ def warm_for(config: object) -> None:
                if module not in _warmed]
     if not modules:
         return
+    global generation
+    generation += 1
     for module in modules:
         _warmed.add(module)
         with contextlib.suppress(Exception):

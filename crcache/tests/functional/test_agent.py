@@ -14,6 +14,7 @@ import time
 
 from crcache.daemons import client as agentclient
 from crcache.daemons import messages
+from crcache.daemons import worker
 from crcache.tests.functional import base
 from crcache.tests.functional import hostile
 
@@ -24,6 +25,22 @@ AGENT = 'crcache.daemons.agent'
 def _cmdline(pid: int) -> str:
     with open(f'/proc/{pid}/cmdline', 'rb') as f:
         return f.read().replace(b'\0', b' ').decode()
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return int(f.read().rsplit(')', 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        with open(f'/proc/{pid}/comm') as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def _alive(pid: int) -> bool:
@@ -50,9 +67,12 @@ class AgentTestCase(base.CLITestCase):
         return glob.glob(os.path.join(self.runtime, 'crcache', '*.sock'))
 
     def _agent_pids(self) -> list[int]:
+        """The agents (not their workers, nor the spare one ready: forked
+        from the agent, they have its command line)."""
         out = subprocess.run(['pgrep', '-f', f'{AGENT} {self.runtime}'],
                              capture_output=True, text=True).stdout
-        return [int(pid) for pid in out.split()]
+        pids = [int(pid) for pid in out.split()]
+        return [pid for pid in pids if _parent(pid) not in pids]
 
     def _stop_agents(self) -> None:
         for pid in self._agent_pids():
@@ -130,8 +150,47 @@ class TestAgent(AgentTestCase):
         self.env['CRCACHE_AGENT_IDLE'] = '1'
         self.crcache('status')
         self.wait_for(lambda: self._agent_pids())
+        self.crcache('status')  # through the agent: a spare follows
+        spares = self.spares()
         self.wait_for(lambda: not self._agent_pids())
         self.assertEqual([], self._sockets())
+        # Its spare worker went with it.
+        self.wait_for(lambda: not [p for p in spares if _alive(p)],
+                      what='the spare worker to go')
+
+    def test_a_spare_worker_waits_and_serves_the_next_command(
+            self) -> None:
+        self.crcache('status')
+        self.wait_for(lambda: self._agent_pids())
+        name = self.crcache('acquire').stdout.strip()
+        self.wait_for(self.spares, what='a spare worker')
+        [spare] = self.spares()
+        marker = os.path.join(self.home, 'ran-here')
+        proc = subprocess.Popen(
+            [base.CRCACHE, 'run', name, '--', 'sh', '-c',
+             f'pwd > {marker}; echo "$PROBE" >> {marker}; sleep 2'],
+            env=dict(self.env, PROBE='the client\'s'), cwd=self.home,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        self.addCleanup(proc.wait)
+        # The command is the spare's child, and the spare has its own
+        # name back.
+        self.wait_for(lambda: [p for p, _, ppid, _ in base.processes()
+                               if ppid == spare], what='the command')
+        self.assertNotEqual(worker.SPARE_NAME, _comm(spare))
+        self.assertEqual(0, proc.wait(timeout=30), proc.stderr.read())
+        with open(marker) as f:
+            self.assertEqual(f"{self.home}\nthe client's\n", f.read())
+        self.crcache('release', name)
+        # And another spare waits.
+        self.wait_for(lambda: self.spares() and self.spares() != [spare],
+                      what='the next spare worker')
+
+    def spares(self) -> list[int]:
+        """The agent's spare workers (named so until they serve)."""
+        return [pid for pid, _, ppid, _ in base.processes()
+                if ppid in self._agent_pids()
+                and _comm(pid) == worker.SPARE_NAME]
 
     def test_dead_agent_is_replaced(self) -> None:
         self.crcache('status')
@@ -349,10 +408,13 @@ class TestAgentProtocol(AgentTestCase):
             self.assertEqual('once\n', f.read())
 
     def _idle_fd_count(self) -> int:
-        # With no worker left (reaped: its client's socket closed).
-        self.wait_for(lambda: not [p for p, _, ppid, _ in base.processes()
-                                   if ppid == self.agent],
-                      what='the agent to reap its workers')
+        # With no worker left (reaped: its client's socket closed), and
+        # its spare worker ready (its socket and report pipe counted).
+        def settled() -> bool:
+            kids = [p for p, _, ppid, _ in base.processes()
+                    if ppid == self.agent]
+            return [_comm(p) for p in kids] == [worker.SPARE_NAME]
+        self.wait_for(settled, what='the agent to reap its workers')
         return hostile.fd_count(self.agent)
 
     def _request(self, command: list[str], **changes: object) -> tuple:
