@@ -101,9 +101,11 @@ class RemoteCommand:
                 chan.close()
         except (exceptions.CrcacheError, OSError, EOFError,
                 paramiko.SSHException) as err:
-            if self.warn is not None:
+            # The command may have ended meanwhile (of this very signal,
+            # often) and the connection closed with it: nothing to say.
+            if self.warn is not None and not self.chan.exit_status_ready():
                 self.warn(f'could not pass SIG{name} on to the command: '
-                          f'{err}')
+                          f'{err or type(err).__name__}')
             return False
         return True
 
