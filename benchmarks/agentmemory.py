@@ -11,6 +11,7 @@ import glob
 import os
 import re
 import signal
+import sys
 import time
 
 TARGET_MIB = 60
@@ -48,7 +49,11 @@ def stop(runtime_dir, timeout=10.0):
             os.path.exists(f'/proc/{pid}') for pid in pids):
         time.sleep(0.05)
     agent = worker = None
-    for log in glob.glob(os.path.join(runtime_dir, 'crcache', '*.log')):
+    logs = glob.glob(os.path.join(runtime_dir, 'crcache', '*.log'))
+    if not pids or not logs:
+        print(f'(agentmemory: {len(pids)} agent processes, {len(logs)} '
+              f'logs under {runtime_dir})', file=sys.stderr)
+    for log in logs:
         with open(log, errors='replace') as f:
             for match in _LINE.finditer(f.read()):
                 agent = max(agent or 0, int(match.group(1)))
