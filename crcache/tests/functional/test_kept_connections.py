@@ -57,7 +57,7 @@ class TestThroughTheAgent(test_shared_store.StoreTestCase):
                 "SELECT count(*) FROM pg_stat_activity WHERE usename = "
                 "'crcache' AND state = 'idle' AND pid <> pg_backend_pid()",
                 database=postgres.DATABASE)
-            if int(idle) == 1:
+            if int(idle) >= 1:  # two commands at once may have asked
                 return
             time.sleep(0.1)
         self.fail('the agent kept no connection to the database')
