@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import select
 import signal
 import sys
 import time
@@ -105,7 +106,7 @@ def spare(ctl: Any, leave_agent: Callable[[], None]) -> None:
         with contextlib.suppress(Exception):
             from crcache import app
             prebuilt = app.CrcacheApp()
-        _own_pages()
+        _own_pages(ctl)
         from crcache.daemons import messages
         message, fds = messages.receive_message(ctl, with_fds=3)
     except BaseException:  # the agent went away, or never ours to fix
@@ -143,10 +144,13 @@ def _rename(name: str | None) -> str | None:
 
 #: ``madvise(2)``'s MADV_POPULATE_WRITE (Linux 5.14 and later).
 _MADV_POPULATE_WRITE = 23
+#: Bytes copied between two looks for a request.
+_PAGES_AT_ONCE = 1 << 20
 
 
-def _own_pages() -> None:
-    """Take a private copy of the agent's writable memory now.
+def _own_pages(ctl: Any) -> None:
+    """Take a private copy of the agent's writable memory now, unless
+    (and until) a request arrives on ``ctl``.
 
     A forked worker shares the agent's pages until it writes to one,
     and the first write to each costs a page fault and a copy; Python
@@ -155,7 +159,9 @@ def _own_pages() -> None:
     status``'s worker on a 2-core machine. A spare has the time to take
     them ahead: the kernel breaks the sharing of every private writable
     mapping in one call each (about 15 ms for 19 MiB, while the agent
-    is idle). Where the kernel does not know the call, nothing happens.
+    is idle), a MiB at a time: a request that comes meanwhile is served
+    at once, with what is done so far. Where the kernel does not know
+    the call, nothing happens.
     """
     try:
         import ctypes
@@ -174,8 +180,12 @@ def _own_pages() -> None:
                 and fields[5] != '[heap]':
             continue  # the stack, vvar and the like: not the agent's
         start, end = (int(n, 16) for n in fields[0].split('-'))
-        if madvise(start, end - start, _MADV_POPULATE_WRITE) != 0:
-            return  # an older kernel: EINVAL for every one
+        for at in range(start, end, _PAGES_AT_ONCE):
+            if select.select([ctl], [], [], 0)[0]:
+                return  # the request is here: serve it now
+            if madvise(at, min(_PAGES_AT_ONCE, end - at),
+                       _MADV_POPULATE_WRITE) != 0:
+                return  # an older kernel: EINVAL for every one
 
 
 def _follow_environment() -> None:
