@@ -17,8 +17,10 @@ What it loads, and how it tells that a plugin changed since, is
 :mod:`crcache.daemons.warmup`; what a forked worker does,
 :mod:`crcache.daemons.worker`.
 
-The agent holds no state of its own: configuration and the state store
-are read afresh by every worker, so it can never serve stale answers.
+The agent holds no state of its own: the state store is read afresh by
+every worker, and the configuration too unless the one the agent loaded
+ahead is provably what the files still say (:mod:`crcache.config.prepared`),
+so it can never serve stale answers.
 What it does keep is open connections to the PostgreSQL databases its
 workers use (:mod:`crcache.daemons.keeper`), lent to one worker at a
 time and taken back only when the worker leaves them idle, so that a
