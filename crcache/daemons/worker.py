@@ -39,18 +39,10 @@ def run(request: tuple, fds: list[int],
     try:
         (_, argv, env, cwd, umask, client_pid, client_ppid,
          argv0, warned, _, ignored) = request
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP,
-                    signal.SIGQUIT):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _undo_agent(leave_agent)
         for sig in ignored:  # as the client inherited them (nohup)
             with contextlib.suppress(ValueError, OSError):
                 signal.signal(sig, signal.SIG_IGN)
-        gc.unfreeze()
-        gc.disable()
-        os.setpgid(0, 0)
-        leave_agent()
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
@@ -94,15 +86,7 @@ def spare(ctl: Any, leave_agent: Callable[[], None]) -> None:
     prebuilt = None
     name = _rename(SPARE_NAME)
     try:
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP,
-                    signal.SIGQUIT):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        gc.unfreeze()
-        gc.disable()
-        os.setpgid(0, 0)
-        leave_agent()
+        _undo_agent(leave_agent)
         with contextlib.suppress(Exception):
             from crcache import app
             prebuilt = app.CrcacheApp()
@@ -122,6 +106,21 @@ def spare(ctl: Any, leave_agent: Callable[[], None]) -> None:
         finish.finish(0)
     _rename(name)
     run(message[1], fds, lambda: None, prebuilt)
+
+
+def _undo_agent(leave_agent: Callable[[], None]) -> None:
+    """Be a process of one's own: the agent's signal handling undone,
+    the garbage collector as a command has it (on its own, not frozen),
+    a process group of one's own, the agent's descriptors closed."""
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP,
+                signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    gc.unfreeze()
+    gc.disable()
+    os.setpgid(0, 0)
+    leave_agent()
 
 
 #: The process name (``/proc/PID/comm``, what ``ps -o comm`` shows) of a
