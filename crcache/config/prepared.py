@@ -42,6 +42,9 @@ _KINDS = (('sources', 'source.conf'), ('stores', 'store.conf'))
 
 #: key -> (configuration, its stamps), in the agent and its workers.
 _prepared: dict[Key, tuple[Any, tuple]] = {}
+#: key -> stamps of a configuration that cannot be prepared (it warns,
+#: or does not load): not loaded again by the agent until they change.
+_refused: dict[Key, tuple] = {}
 #: What this worker loaded itself, to report.
 _loaded: list[tuple[dict[str, str], str]] = []
 
@@ -116,9 +119,12 @@ def take(env: Mapping[str, str]) -> Any | None:
 
 
 def loaded(env: Mapping[str, str]) -> None:
-    """This worker loaded the configuration for ``env`` itself."""
-    with contextlib.suppress(OSError):
-        _loaded.append((dict(env), os.getcwd()))
+    """This process loaded the configuration for ``env`` itself: if it
+    is an agent's worker, the agent hears of it as the worker ends."""
+    from crcache.daemons import lending
+    if lending.active():
+        with contextlib.suppress(OSError):
+            _loaded.append((dict(env), os.getcwd()))
 
 
 def wanted() -> list[tuple[dict[str, str], str]]:
@@ -138,6 +144,7 @@ def prepare(env: dict[str, str], cwd: str) -> Any | None:
     entry = _prepared.get(wanted_key)
     if entry is not None and stamps(entry[0].roots) == entry[1]:
         return entry[0]
+    before = config = None
     saved_env = dict(os.environ)
     saved_warned = set(files._WARNED)
     catcher = _Catcher()
@@ -150,6 +157,10 @@ def prepare(env: dict[str, str], cwd: str) -> Any | None:
             os.environ.clear()
             os.environ.update(env)
             before = stamps(paths.config_search_path(env))
+            # Not worth loading: too fresh to trust, or known not to do.
+            if _recent(before) or _refused.get(wanted_key) == before:
+                return None
+            config = None
             config = Config(env=dict(env))
             stamped = stamps(config.roots)
         finally:
@@ -157,12 +168,17 @@ def prepare(env: dict[str, str], cwd: str) -> Any | None:
             os.environ.update(saved_env)
             os.chdir(saved_cwd)
     except Exception:
+        if config is None and before is not None:  # until files change
+            _refused[wanted_key] = before
         return None
     finally:
         root_logger.removeHandler(catcher)
         files._WARNED.clear()
         files._WARNED.update(saved_warned)
-    if catcher.caught or stamped != before or _recent(stamped):
+    if catcher.caught:  # every command must warn: until its files change
+        _refused[wanted_key] = before
+        return None
+    if stamped != before or _recent(stamped):
         return None
     _prepared.pop(wanted_key, None)
     _prepared[wanted_key] = (config, stamped)

@@ -327,7 +327,7 @@ class _PGTransaction(sql.SQLTransaction):
         import psycopg
         cursor = psycopg.ClientCursor(self._conn)
         cursor.execute('; '.join((*self._begin,
-                                  sql_text.replace('?', '%s'))),
+                                  sql_text.replace('?', self._placeholder))),
                        list(args))
         for _ in self._begin:  # to the statement's own result
             cursor.nextset()

@@ -29,6 +29,8 @@ class TestPrepared(testtools.TestCase):
         self.useFixture(fixtures.MonkeyPatch(
             'crcache.config.prepared._prepared', {}))
         self.useFixture(fixtures.MonkeyPatch(
+            'crcache.config.prepared._refused', {}))
+        self.useFixture(fixtures.MonkeyPatch(
             'crcache.config.prepared.SETTLE', 0))
         cwd = os.getcwd()
         os.chdir(self.cwd)
@@ -82,6 +84,26 @@ class TestPrepared(testtools.TestCase):
         self.write('ship', 'type = docker\nimage = debian\n')
         self.assertIsNone(prepared.prepare(dict(self.env), self.cwd))
         self.assertIsNone(self.take())
+
+    def test_one_that_warns_is_not_read_again_until_it_changes(
+            self) -> None:
+        from crcache import config as config_module
+        loads = []
+        real = config_module.Config
+
+        def counting(*args, **kwargs):
+            loads.append(1)
+            return real(*args, **kwargs)
+
+        self.useFixture(fixtures.MonkeyPatch('crcache.config.Config',
+                                             counting))
+        self.write('ship', 'type = docker\nimage = debian\n')
+        for _ in range(3):
+            self.assertIsNone(prepared.prepare(dict(self.env), self.cwd))
+        self.assertEqual(1, len(loads))
+        self.write('ship', 'type = docker\ndocker_image = debian\n')
+        self.assertIsNotNone(prepared.prepare(dict(self.env), self.cwd))
+        self.assertEqual(2, len(loads))
 
     def test_broken_configuration_is_prepared_with_its_errors(self) -> None:
         self.write('bad', 'type = local\nmaximum = many\n')
