@@ -45,6 +45,9 @@ _prepared: dict[Key, tuple[Any, tuple]] = {}
 #: key -> stamps of a configuration that cannot be prepared (it warns,
 #: or does not load): not loaded again by the agent until they change.
 _refused: dict[Key, tuple] = {}
+#: The configuration :func:`prepare` last loaded, kept or not (what its
+#: types need is worth loading into the agent either way).
+last_loaded: Any = None
 #: What this worker loaded itself, to report.
 _loaded: list[tuple[dict[str, str], str]] = []
 
@@ -137,6 +140,7 @@ def prepare(env: dict[str, str], cwd: str) -> Any | None:
     ``cwd`` would and keep it for the next workers; return it, or None
     if it was not kept (it could not be loaded, it logged something, or
     its files changed too recently)."""
+    global last_loaded
     from crcache import paths
     from crcache.config import Config
     from crcache.config import files
@@ -162,6 +166,7 @@ def prepare(env: dict[str, str], cwd: str) -> Any | None:
                 return None
             config = None
             config = Config(env=dict(env))
+            last_loaded = config
             stamped = stamps(config.roots)
         finally:
             os.environ.clear()

@@ -90,12 +90,16 @@ def prepare_config(wanted: tuple[dict, str]) -> None:
     with contextlib.suppress(Exception):
         from crcache.config import prepared
         before = prepared._prepared.get(prepared.key(*wanted))
+        prepared.last_loaded = None
         config = prepared.prepare(*wanted)
         if config is not None and (before is None
                                    or before[0] is not config):
             generation += 1
-        if config is not None:
-            warm_for(config)
+        # Kept or not (one that warns is loaded by every worker itself),
+        # its types' libraries are worth having here.
+        if prepared.last_loaded is not None:
+            warm_for(prepared.last_loaded)
+            prepared.last_loaded = None
 
 
 #: Modules imported for the types of the configurations seen so far.
