@@ -68,15 +68,22 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> 'Any':
-    """Import an API name on first use (PEP 562)."""
-    import importlib
+    """Import an API name on first use (PEP 562).
+
+    Any other name fails at once, before anything is imported:
+    ``from crcache import finish`` asks here first for every submodule
+    not yet imported, on every command.
+    """
     if name == '__version__':
-        value: 'Any' = importlib.import_module('crcache.version') \
-            .version_string()
+        module = 'crcache.version'
     elif name in _API:
-        value = getattr(importlib.import_module(_API[name]), name)
+        module = _API[name]
     else:
         raise AttributeError(f"module 'crcache' has no attribute {name!r}")
+    import importlib
+    imported = importlib.import_module(module)
+    value: 'Any' = (imported.version_string() if name == '__version__'
+                    else getattr(imported, name))
     globals()[name] = value
     return value
 

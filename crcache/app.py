@@ -25,6 +25,22 @@ from crcache import version
 LOG = logging.getLogger(__name__)
 
 
+#: Libraries whose logging says only warnings unless asked for (-vv).
+QUIET_LIBRARIES = ('paramiko', 'stevedore', 'docker', 'urllib3')
+
+
+def quiet_libraries() -> None:
+    """Warnings only from :data:`QUIET_LIBRARIES`.
+
+    Each ``setLevel`` clears every logger's cache, so a level already
+    set (by the agent, for its workers) is left alone.
+    """
+    for name in QUIET_LIBRARIES:
+        logger = logging.getLogger(name)
+        if logger.level != logging.WARNING:
+            logger.setLevel(logging.WARNING)
+
+
 class GlobalParser(_argparse.ArgumentParser):
     """Parses the options before the command name and nothing after."""
 
@@ -174,9 +190,10 @@ class CrcacheApp(app.App):
         self._console = logging.getLogger('').handlers[-1]
         # Library chatter (paramiko, stevedore) only when asked for.
         if self.options.verbose_level < 2:
-            for name in ('paramiko', 'stevedore', 'docker', 'urllib3'):
-                logging.getLogger(name).setLevel(logging.WARNING)
+            quiet_libraries()
         else:
+            for name in QUIET_LIBRARIES:
+                logging.getLogger(name).setLevel(logging.NOTSET)
             logging.getLogger('paramiko').propagate = True
 
     def interact(self) -> None:

@@ -9,8 +9,6 @@ connections it was lent are fit to lend again
 (:mod:`crcache.daemons.lending`), and leaves with ``os._exit``.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 

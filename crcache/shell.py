@@ -6,8 +6,6 @@
 latency is part of the product).
 """
 
-from __future__ import annotations
-
 import sys
 
 
@@ -21,12 +19,27 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from crcache.daemons import client as agentclient
         status = agentclient.run(argv)
-        if status is None:
-            import gc
-            gc.disable()  # a short-lived process; collection is waste
-            from crcache import app
-            status = app.run(argv)
+        if status is not None:
+            # The agent's worker ran the command: nothing was imported,
+            # logged or lent here, so ending is a flush (crcache.finish
+            # is one more module to import on every command).
+            _end(status)
+        import gc
+        gc.disable()  # a short-lived process; collection is waste
+        from crcache import app
+        status = app.run(argv)
     from crcache import finish
     finish.finish(status)
     return status
 
+
+def _end(status: int) -> None:
+    """Flush our streams and leave, as :func:`crcache.finish.finish`
+    does for a process that has nothing else to finish."""
+    import os
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        status = status or 141
+    os._exit(status)

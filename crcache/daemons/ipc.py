@@ -28,8 +28,6 @@ The agent's client uses this module, and it imports builtin modules
 only, so this module imports nothing else.
 """
 
-from __future__ import annotations
-
 import os
 import stat
 import sys

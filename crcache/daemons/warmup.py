@@ -59,7 +59,42 @@ def preload() -> dict[str, tuple[int, int]]:
     with contextlib.suppress(Exception):
         from crcache import version
         version.version_string()
+    _remember_translations()
+    from crcache import app
+    app.quiet_libraries()  # set once here, not in every worker
     return plugin_files(entry_points)
+
+
+def _remember_translations() -> None:
+    """Look each message catalogue up once per language, not per message.
+
+    argparse translates every string it prints or registers through
+    :mod:`gettext`, whose ``find`` reads the locale variables and looks
+    for catalogue files each time: a few hundred microseconds of every
+    command. The agent remembers the answers (for each set of locale
+    variables) and its workers inherit them; a catalogue installed while
+    the agent runs is seen by the next agent.
+    """
+    import gettext
+    find = gettext.find
+    if getattr(find, 'remembered', False):
+        return
+    answers: dict = {}
+
+    def remembered_find(domain: str, localedir: str | None = None,
+                        languages: list[str] | None = None,
+                        all: bool = False) -> object:
+        key = (domain, localedir, tuple(languages or ()), all,
+               *(os.environ.get(name) for name in
+                 ('LANGUAGE', 'LC_ALL', 'LC_MESSAGES', 'LANG')))
+        if key not in answers:
+            answers[key] = find(domain, localedir, languages, all)
+        found = answers[key]
+        return list(found) if isinstance(found, list) else found
+
+    remembered_find.remembered = True  # type: ignore[attr-defined]
+    gettext.find = remembered_find
+    gettext.gettext('usage: ')  # the agent's own locale, answered now
 
 
 def config_wanted(reports: list[tuple]) -> tuple[dict, str] | None:
