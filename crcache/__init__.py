@@ -24,6 +24,7 @@ _API = {
     'InstanceInfo': 'crcache.api',
     'SourceInfo': 'crcache.api',
     'GcAction': 'crcache.api',
+    'CaptureInfo': 'crcache.api',
     'CrcacheError': 'crcache.exceptions',
     'ConfigError': 'crcache.exceptions',
     'UnknownSource': 'crcache.exceptions',
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
     from crcache.api import Acquisition as Acquisition
     from crcache.api import Client as Client
+    from crcache.api import CaptureInfo as CaptureInfo
     from crcache.api import GcAction as GcAction
     from crcache.api import Instance as Instance
     from crcache.api import InstanceInfo as InstanceInfo

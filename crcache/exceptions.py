@@ -85,6 +85,14 @@ class SourceError(CrcacheError):
         super().__init__(f"source '{source}': {message}")
 
 
+class CaptureGone(SourceError):
+    """A source's capture (snapshot) no longer exists on its backend."""
+
+
+class CaptureInUse(SourceError):
+    """A capture cannot be removed yet: instances still use it."""
+
+
 class CopyError(CrcacheError):
     """A copy could not be made; nothing was written past the fault."""
 

@@ -85,6 +85,36 @@ COMMON_OPTS = [
              'after twice this long is taken to be abandoned and is '
              'discarded by crcache gc, even if the process that started '
              'it still runs.'),
+    cfg.StrOpt(
+        'snapshot',
+        default='none',
+        choices=[('none', 'every instance runs provision.d'),
+                 ('provisioned', 'the first instance runs provision.d and '
+                  'is captured; later ones start from the capture')],
+        help='Provision once: with provisioned, the first instance runs '
+             'provision.d as usual and the backend then captures it (a '
+             'docker source commits it to a local image); every later '
+             'instance starts from that capture without running '
+             'provision.d. The capture is made again when anything that '
+             'shaped it changes (the base image, the source\'s keys, the '
+             'content of a provision.d script); crcache gc removes old '
+             'ones. Only source types that can capture accept it (docker '
+             'does; local and ssh do not).'),
+    cfg.StrOpt(
+        'reset',
+        default='none',
+        choices=[('none', 'a released instance is cached as it is'),
+                 ('recreate', 'a released instance is discarded and a '
+                  'fresh one made in the background'),
+                 ('snapshot', 'a released instance is restored to the '
+                  'capture in place, where the backend can')],
+        help='What release does to an instance that stays cached (see '
+             'reserve): none keeps it as the last user left it; recreate '
+             'discards it and makes a fresh one in the background (from '
+             'the capture, with snapshot=provisioned), so the next '
+             'acquire gets a pristine instance; snapshot restores it to '
+             'the capture in place, for source types that can (it needs '
+             'snapshot=provisioned).'),
     cfg.Opt(
         'discard_timeout',
         type=Duration(),

@@ -68,7 +68,8 @@ from __future__ import annotations
 
 from crcache.api.client import Client
 from crcache.api.instances import Acquisition, Instance
-from crcache.api.results import GcAction, InstanceInfo, SourceInfo
+from crcache.api.results import CaptureInfo, GcAction, InstanceInfo
+from crcache.api.results import SourceInfo
 
-__all__ = ['Acquisition', 'Client', 'GcAction', 'Instance', 'InstanceInfo',
-           'SourceInfo']
+__all__ = ['Acquisition', 'CaptureInfo', 'Client', 'GcAction', 'Instance',
+           'InstanceInfo', 'SourceInfo']

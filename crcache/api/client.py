@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 from crcache import exceptions
 from crcache.api.instances import Acquisition, Instance, PathLike
-from crcache.api.results import GcAction, InstanceInfo, SourceInfo
+from crcache.api.results import CaptureInfo, GcAction, InstanceInfo
+from crcache.api.results import SourceInfo
 
 if TYPE_CHECKING:
     from crcache.cache import Cache
@@ -256,6 +257,25 @@ class Client:
                     for a in cache.forget(_names(forget))]
         return [GcAction(a.instance, a.source, a.action, a.reason)
                 for a in cache.collect(leaks=leaks)]
+
+    def captures(self, sources: Iterable[str] | str | None = None, *,
+                 check: bool = False) -> list[CaptureInfo]:
+        """The captures of sources with ``snapshot = provisioned``, as
+        ``crcache snapshot list`` (of ``sources`` only, if given). With
+        ``check``, each says whether its source would start from it now
+        (asking the backend)."""
+        return [CaptureInfo(row.source, row.state, row.fingerprint,
+                            row.capture, row.created, current)
+                for row, current in self._opened().captures(
+                    _names(sources) or None, check=check)]
+
+    def drop_snapshot(self, source: str) -> list[GcAction]:
+        """Remove every capture of ``source``, as ``crcache snapshot
+        drop``: its next instance runs provision.d and is captured
+        again. A capture being made by a live process is left (a
+        ``kept`` action says so)."""
+        return [GcAction(a.instance, a.source, a.action, a.reason)
+                for a in self._opened().drop_snapshot(source)]
 
 
 def _names(names: Iterable[str] | None) -> list[str]:

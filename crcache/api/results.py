@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ['GcAction', 'InstanceInfo', 'SourceInfo']
+__all__ = ['CaptureInfo', 'GcAction', 'InstanceInfo', 'SourceInfo']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,11 +94,34 @@ class GcAction:
     ``action`` is ``discarded``, ``kept`` (cannot be discarded now; the
     reason says why), ``forgotten``, ``leaked`` (a backend resource the
     store does not know; ``instance`` is its id), ``destroyed`` (a leak,
-    with ``leaks=True``) or ``failed``. ``instance`` is None for a row
-    about a whole source.
+    with ``leaks=True``), ``dropped`` (a capture, by
+    :meth:`Client.drop_snapshot`) or ``failed``. ``instance`` is None for
+    a row about a whole source, and for captures (the reason names
+    them).
     """
 
     instance: str | None
     source: str
     action: str
     reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptureInfo:
+    """A source's capture (``snapshot = provisioned``), as recorded.
+
+    ``state`` is ``ready`` (new instances start from it) or
+    ``capturing`` (being made). ``fingerprint`` hashes what shaped it
+    (the base image, the source's keys, provision.d's content);
+    ``capture`` is the backend's id for it (a docker image id).
+    ``current`` says whether the source would start from it now (False:
+    stale, removed by the next gc), when it was checked, else None.
+    ``created`` is seconds since the epoch.
+    """
+
+    source: str
+    state: str
+    fingerprint: str
+    capture: str | None
+    created: float
+    current: bool | None = None

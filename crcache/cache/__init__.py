@@ -264,3 +264,36 @@ class Cache:
         """Forget the instances of sources that cannot be loaded."""
         from crcache.cache import gc
         return gc.forget(self._life, sources)
+
+    # -- snapshots ---------------------------------------------------------
+
+    def captures(self, names: list[str] | None = None,
+                 check: bool = False) -> list[tuple[Any, bool | None]]:
+        """Every recorded capture (of ``names``), each with whether it is
+        the one its source would start from now (asked of the backend
+        with ``check``, else None)."""
+        from crcache.cache import snapshots
+        for name in names or ():
+            self.config.source(name)  # an unknown name is an error
+        found = snapshots.rows(self._life, names)
+        fingerprints: dict[str, str | None] = {}
+        result = []
+        for row in found:
+            is_current = None
+            if check:
+                if row.source not in fingerprints:
+                    fingerprints[row.source] = snapshots.current(
+                        self._life, row.source)
+                is_current = row.fingerprint == fingerprints[row.source]
+            result.append((row, is_current))
+        return result
+
+    def reset_failures(self, names: Iterable[str]) -> list[str]:
+        """Messages about background resets of ``names`` that failed."""
+        from crcache.cache import resets
+        return resets.failures(self.config.env, list(names))
+
+    def drop_snapshot(self, name: str) -> list['Action']:
+        """Remove every capture of source ``name``."""
+        from crcache.cache import snapshots
+        return snapshots.drop(self._life, name)

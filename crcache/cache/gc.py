@@ -36,7 +36,6 @@ and hands it to a ``crcache gc`` of its own (see
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -47,23 +46,13 @@ from crcache import hooks
 from crcache import invocation
 from crcache import stamps
 from crcache.cache import heartbeat
+from crcache.cache.actions import Action
 from crcache.cache import records
 from crcache.cache.lifecycle import Lifecycle
 from crcache.store.base import CACHED, DISCARDING, IN_USE, PROVISIONING
 from crcache.store.base import Store
 
 LOG = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class Action:
-    """One thing a pass did or found."""
-
-    #: None when the row is about a source, not an instance.
-    instance: str | None
-    source: str
-    action: str
-    reason: str
 
 
 def _who(op: dict | None) -> str:
@@ -172,6 +161,8 @@ def _collect_store(life: Lifecycle, store: Store,
     actions.extend(_orphans(life, rows, now))
     actions.extend(_unreleased(life, rows))
     actions.extend(_leaks(life, store, rows, destroy=leaks))
+    from crcache.cache import snapshots
+    actions.extend(snapshots.collect(life, store, leaks))
     return actions
 
 

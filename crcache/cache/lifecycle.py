@@ -179,11 +179,21 @@ class Lifecycle:
                     f"instance '{name}' is held by {other}; release it "
                     'there, or use release --force')
             keep = self.keep(tx, inst)
+            reset = keep and self.resets(inst)
+            if reset:
+                keep = False
             orphan = not keep and not self._dischargeable(tx, inst)
             tx.update(name, state=CACHED if keep else DISCARDING,
                       holder=None, lease_expires=None,
                       op=None if keep or orphan
-                      else records.work_record())
+                      else records.work_record(**(
+                          {'reset': True} if reset else {})))
+        if reset:
+            from crcache.cache import resets
+            LOG.info('%s: reset=recreate: discarding it and making a '
+                     'fresh one in the background', name)
+            resets.start(self, name)
+            return
         if orphan:
             # Nothing here can reach its backend; gc finishes the job
             # once the source is configured again, or --forget drops it.
@@ -195,6 +205,13 @@ class Lifecycle:
             return
         if not keep:
             self.discard(inst)
+
+    def resets(self, inst: Instance) -> bool:
+        """Whether a released ``inst`` that stays cached is recreated
+        instead (its source's ``reset = recreate``)."""
+        if inst.child or not self.config.usable(inst.source):
+            return False
+        return self.config.source(inst.source).reset_mode == 'recreate'
 
     def unusable_reason(self, source: str) -> str:
         """Why instances of ``source`` cannot be handled by its driver."""
@@ -234,19 +251,26 @@ class Lifecycle:
                 child = tx.get(inst.child)
                 mine = (children and child is not None
                         and child.parent == inst.name)
-                keep_child = False
+                keep_child = reset_child = False
                 if mine:
                     keep_child = (not force and child.state == IN_USE
                                   and self.keep(tx, child))
+                    reset_child = keep_child and self.resets(child)
+                    if reset_child:
+                        keep_child = False
                     tx.update(child.name,
                               state=CACHED if keep_child else DISCARDING,
                               parent=None,
                               op=None if keep_child
-                              else records.work_record())
+                              else records.work_record(**(
+                                  {'reset': True} if reset_child else {})))
                 elif child is not None and child.parent == inst.name:
                     tx.update(child.name, parent=None)
                 tx.delete(inst.name)
-            if mine and not keep_child:
+            if reset_child:
+                from crcache.cache import resets
+                resets.start(self, child.name)
+            elif mine and not keep_child:
                 self.discard(child, force=force)
             return
         if not self.config.usable(inst.source):

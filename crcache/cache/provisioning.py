@@ -22,6 +22,7 @@ from crcache import hooks
 from crcache.cache import definitions
 from crcache.cache import kinds
 from crcache.cache import records
+from crcache.cache import snapshots
 from crcache.cache.claims import Claim, Claimer
 from crcache.cache.lifecycle import Lifecycle, call
 from crcache.sources import base
@@ -48,12 +49,30 @@ class Provisioner:
         """See :meth:`crcache.cache.Cache.acquire`."""
         store = self.stores.of(source.name)
         if wait is None:
-            with store.transaction() as tx:
-                definitions.check(tx, store, self.config, source.name)
-                self.claimer.check_queue(
-                    tx, source, count,
-                    store.heartbeat_timeout if store.shared else None)
-                claims = self.claimer.claim(tx, source, count, holder)
+            try:
+                with store.transaction() as tx:
+                    definitions.check(tx, store, self.config, source.name)
+                    self.claimer.check_queue(
+                        tx, source, count,
+                        store.heartbeat_timeout if store.shared else None)
+                    claims = self.claimer.claim(tx, source, count, holder)
+            except exceptions.CapacityError:
+                with store.reading() as tx:
+                    resetting = self._resetting(tx, source)
+                if resetting is None:
+                    raise
+                claims = None
+            if claims is None:
+                # Room is being made fresh by a reset (reset=recreate):
+                # wait for it rather than fail; no longer than a cold
+                # start, which is what the reset does.
+                from crcache.cache import queue
+                self.progress.event(
+                    f'{source.name} is at its maximum while '
+                    f'{resetting} is being reset; waiting for it')
+                claims = queue.claim_waiting(
+                    store, self.claimer, self.progress, source, count,
+                    holder, self._reset_budget(source))
         else:
             from crcache.cache import queue
             claims = queue.claim_waiting(store, self.claimer,
@@ -73,6 +92,33 @@ class Provisioner:
         return [dataclasses.replace(claim.instance, state=IN_USE,
                                     holder=holder, lease_expires=expires)
                 for claim in claims]
+
+    def _resetting(self, tx: Any, source: base.Source) -> str | None:
+        """An instance of ``source`` (or of the sources it draws from)
+        being reset in the background, if any."""
+        todo, seen = [source.name], set()
+        while todo:
+            name = todo.pop()
+            if name in seen or not self.config.usable(name):
+                continue
+            seen.add(name)
+            todo.extend(self.config.source(name).children)
+            for inst in tx.instances(name):
+                if records.resetting(inst):
+                    return inst.name
+        return None
+
+    def _reset_budget(self, source: base.Source) -> float:
+        """How long a reset of ``source`` may take: a discard and a
+        cold start, by their timeouts (10 minutes where unlimited)."""
+        total = 0.0
+        todo = [source.name]
+        while todo:
+            conf = self.config.source(todo.pop())
+            todo.extend(conf.children)
+            total = max(total, (conf.conf.provision_timeout or 600)
+                        + (conf.conf.discard_timeout or 600))
+        return total
 
     # -- checking cached instances -------------------------------------------
 
@@ -136,7 +182,44 @@ class Provisioner:
     def _provision_leaf(self, claim: Claim) -> None:
         inst = claim.instance
         source = self.stores.driver(inst.source)
-        refs = call(source, 'provisioning', source.provision, [inst.name])
+        plan = (snapshots.plan(self.life, source)
+                if snapshots.wanted(source) else None)
+        if plan is not None and plan.capture:
+            try:
+                self._made(inst, source, call(
+                    source, 'provisioning from the capture',
+                    source.provision_from, [inst.name], plan.capture))
+                LOG.info('%s: started from capture %s', inst.name,
+                         plan.capture)
+            except exceptions.CaptureGone as err:
+                LOG.warning('%s; provisioning afresh', err)
+                snapshots.gone(self.life, plan)
+                plan = snapshots.plan(self.life, source)
+            else:
+                # Provisioned: what provision.d did is in the capture.
+                inst.concurrency = (
+                    source.configured_concurrency
+                    or call(source, 'probing concurrency',
+                            source.concurrency, inst.ref))
+                return
+        try:
+            self._made(inst, source, call(source, 'provisioning',
+                                          source.provision, [inst.name]))
+            self.life.run_hooks(inst, hooks.PROVISION)
+        except BaseException:
+            if plan is not None and plan.claimed:
+                snapshots.unclaim(self.life, plan)  # for the next one
+            raise
+        if plan is not None and plan.claimed:
+            snapshots.take(self.life, source, plan, inst.name, inst.ref)
+        inst.concurrency = (
+            source.configured_concurrency
+            or call(source, 'probing concurrency', source.concurrency,
+                    inst.ref))
+
+    def _made(self, inst: Instance, source: base.BackendSource,
+              refs: dict[str, Any]) -> None:
+        """Record the reference the backend returned for ``inst``."""
         if inst.name not in refs:
             raise exceptions.SourceError(
                 source.name, f'provisioning returned no reference for '
@@ -145,11 +228,6 @@ class Provisioner:
         LOG.info('%s: made by source %s', inst.name, source.name)
         with self.stores.of_instance(inst).transaction() as tx:
             tx.update(inst.name, ref=inst.ref)
-        self.life.run_hooks(inst, hooks.PROVISION)
-        inst.concurrency = (
-            source.configured_concurrency
-            or call(source, 'probing concurrency', source.concurrency,
-                    inst.ref))
 
     def provision(self, claims: list[Claim], final_state: str = IN_USE,
                   reported: bool = False) -> None:

@@ -35,9 +35,21 @@ def check_instance_name(name: str) -> str:
     return name
 
 
-def work_record() -> dict[str, Any]:
-    """The ``op`` of a row this process starts working on, from now."""
-    return dict(invocation.identity(), since=time.time())
+#: Added to every work record this process writes: what it works for
+#: (``reset``: a background reset, see :mod:`crcache.cache.resets`).
+PURPOSE: dict[str, Any] = {}
+
+
+def work_record(**purpose: Any) -> dict[str, Any]:
+    """The ``op`` of a row this process starts working on, from now;
+    ``purpose`` (and :data:`PURPOSE`) say what for."""
+    return dict(invocation.identity(), since=time.time(), **PURPOSE,
+                **purpose)
+
+
+def resetting(inst: Instance) -> bool:
+    """Whether the row is being reset (see :mod:`crcache.cache.resets`)."""
+    return bool((inst.op or {}).get('reset'))
 
 
 def user_name() -> str:

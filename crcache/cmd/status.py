@@ -28,6 +28,8 @@ INSTANCE_COLUMNS = ('name', 'source', 'store', 'state', 'concurrency',
                     'held-by', 'machine', 'pid', 'ppid', 'since',
                     'lease-expires', 'command')
 QUERY_COLUMNS = ('query', 'value')
+#: status -v's table of captures (crcache snapshot list has them all).
+CAPTURE_COLUMNS = ('source', 'snapshot', 'fingerprint', 'capture', 'age')
 QUERIES = ('cached', 'in-use', 'max', 'available')
 
 
@@ -81,6 +83,7 @@ class Status(base.Lister):
 
     _failed = False
     _summary: tuple[Sequence[str], list] | None = None
+    _captures: list = []
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
@@ -154,6 +157,8 @@ class Status(base.Lister):
         for line in self.cache.slow(i for i in instances
                                     if i.source in names):
             LOG.warning('%s', line)
+        for line in self.cache.reset_failures(sorted(names)):
+            LOG.warning('%s', line)
         if parsed_args.query:
             value = self.cache.query(parsed_args.query,
                                      [s.name for s in statuses])
@@ -163,6 +168,9 @@ class Status(base.Lister):
         if parsed_args.verbose:
             if self._decorated(parsed_args):
                 self._summary = self._source_rows(statuses, parsed_args)
+                self._captures = self.cache.captures(sorted(
+                    n for n in names if not self.cache.broken(n)
+                    and n in self.cache.config.definitions))
             names = {s.name for s in statuses}
             return INSTANCE_COLUMNS, [instance_row(i) for i in instances
                                       if i.source in names]
@@ -249,6 +257,15 @@ class Status(base.Lister):
             elif parsed_args.tree:
                 column_names, data = _drawn_tree(column_names, data)
         status = super().produce_output(parsed_args, column_names, data)
+        if self._decorated(parsed_args) and self._captures:
+            # Each source's capture (snapshot = provisioned).
+            from crcache.cmd import snapshot
+            self.app.stdout.write('\n')
+            super().produce_output(
+                parsed_args, CAPTURE_COLUMNS,
+                [(row.source, row.state, row.fingerprint,
+                  snapshot.short(row.capture), snapshot.age(row.created))
+                 for row, _ in self._captures])
         if self._decorated(parsed_args) and parsed_args.all_definitions:
             # The stores too, as crcache stores lists them.
             from crcache.cmd import stores

@@ -21,7 +21,8 @@ import sys
 #: (``warm_modules``, see :func:`preload`).
 PRELOAD = (
     'crcache.app', 'crcache.api', 'crcache.cache', 'crcache.cache.gc',
-    'crcache.cache.autogc', 'crcache.cache.queue', 'crcache.config',
+    'crcache.cache.autogc', 'crcache.cache.queue', 'crcache.cache.resets',
+    'crcache.config',
     'crcache.store.sqlite', 'crcache.transport.tarcopy',
     'crcache.transport.untar', 'crcache.transport.localcopy',
     'crcache.transport.process', 'crcache.formatters', 'crcache.progress',

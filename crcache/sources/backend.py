@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import threading
+from typing import ClassVar
 
 from crcache import exceptions
 from crcache.sources.source import Source
@@ -38,6 +39,16 @@ class BackendSource(Source):
     #: else's; it is the same value crcache passes to :meth:`list_owned`.
     #: Empty when a source is used outside a cache.
     owner: str = ''
+    #: Whether the backend can capture a provisioned instance and start
+    #: new instances from the capture (``snapshot = provisioned``): then
+    #: implement :meth:`snapshot_basis`, :meth:`take_capture`,
+    #: :meth:`provision_from`, :meth:`list_captures` and
+    #: :meth:`drop_capture`. ``snapshot = provisioned`` on a type that
+    #: cannot is a configuration error naming the key.
+    supports_snapshot: ClassVar[bool] = False
+    #: Whether it can also put an instance back to a capture in place
+    #: (``reset = snapshot``): then implement :meth:`restore` too.
+    supports_restore: ClassVar[bool] = False
 
     @abc.abstractmethod
     def provision(self, names: list[str]) -> dict[str, Ref]:
@@ -202,6 +213,110 @@ class BackendSource(Source):
         raise NotImplementedError(
             f'{type(self).__name__} cannot list resources, so it has no '
             'leaks to destroy')
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = super().validate()
+        kind = self.conf.type
+        if self.conf.snapshot != 'none' and not self.supports_snapshot:
+            problems.append((
+                'snapshot',
+                f'snapshot={self.conf.snapshot} needs a source type that '
+                f'can capture instances, and type {kind} cannot (docker '
+                'can); use snapshot=none'))
+        if self.reset_mode == 'snapshot':
+            if not self.supports_restore:
+                problems.append((
+                    'reset',
+                    f'reset=snapshot needs a source type that can restore '
+                    f'an instance in place, and type {kind} cannot; use '
+                    'reset=recreate, which makes a fresh one (from the '
+                    'capture, with snapshot=provisioned)'))
+            elif self.conf.snapshot != 'provisioned':
+                problems.append((
+                    'reset',
+                    'reset=snapshot restores the capture, so it needs '
+                    'snapshot=provisioned'))
+        if self.reset_mode != 'none' and not self.reserve:
+            problems.append((
+                'reset',
+                f'reset={self.reset_mode} acts on released instances that '
+                'stay cached, and reserve=0 caches none: set reserve too'))
+        return problems
+
+    # -- snapshots (supports_snapshot) --------------------------------------
+
+    def snapshot_basis(self) -> dict[str, str]:
+        """What the backend has that shapes a provisioned instance.
+
+        crcache's fingerprint of a capture covers the source's type, its
+        keys (but its ``local_keys``) and the content of every
+        provision.d script; this adds what only the backend knows, such
+        as the id the base image has now (a tag may move). A change
+        here makes the next acquire provision afresh and capture again.
+        It may ask the backend (it is called before each provisioning
+        and by gc), and raises :class:`~crcache.exceptions.SourceError`
+        when it cannot tell.
+        """
+        return {}
+
+    def take_capture(self, ref: Ref, fingerprint: str) -> str:
+        """Capture the provisioned resource; return the capture's id.
+
+        Called once provision.d has run, before anyone is handed the
+        instance, by the one process that claimed the capture of this
+        ``fingerprint`` (hex digits). Label the capture with
+        :attr:`owner`, :attr:`name` and ``fingerprint`` so that
+        :meth:`list_captures` finds it even if this process is killed
+        before it records the id. The resource itself must be left as
+        it was, and usable.
+
+        :raises ~crcache.exceptions.SourceError: when it cannot.
+        """
+        raise NotImplementedError(
+            f'{type(self).__name__} cannot capture instances')
+
+    def provision_from(self, names: list[str],
+                       capture: str) -> dict[str, Ref]:
+        """:meth:`provision`, starting each resource from ``capture``.
+
+        provision.d is not run for them: they start provisioned.
+
+        :raises ~crcache.exceptions.CaptureGone: when the capture no
+            longer exists (removed behind crcache's back): crcache then
+            forgets it and provisions afresh.
+        """
+        raise NotImplementedError(
+            f'{type(self).__name__} cannot start instances from captures')
+
+    def list_captures(self, store_id: str) -> dict[str, str]:
+        """This store's captures of this source: ``{id: fingerprint}``.
+
+        Everything labelled with ``store_id`` and :attr:`name`, whether
+        crcache recorded it or not (gc drops the stale ones and lists the
+        unrecorded ones as leaks).
+        """
+        return {}
+
+    def drop_capture(self, capture: str) -> None:
+        """Remove a capture; one already gone is success.
+
+        :raises ~crcache.exceptions.CaptureInUse: while instances still
+            use it (crcache tries again at a later gc).
+        :raises ~crcache.exceptions.SourceError: when it cannot be
+            removed for another reason.
+        """
+        raise NotImplementedError(
+            f'{type(self).__name__} has no captures to drop')
+
+    def restore(self, ref: Ref, capture: str) -> None:
+        """Put a released resource back to ``capture``, in place
+        (``reset = snapshot``, only where :attr:`supports_restore`).
+
+        :raises ~crcache.exceptions.SourceError: when it cannot; the
+            instance is then discarded rather than cached.
+        """
+        raise NotImplementedError(
+            f'{type(self).__name__} cannot restore instances in place')
 
     def copy_in(self, ref: Ref, src: str, dst: str, recursive: bool) -> None:
         """Copy local ``src`` to ``dst`` on the resource (like ``cp -p``).

@@ -53,6 +53,18 @@ class LayeredSource(Source):
     source, whose ``reserve`` then decides.
     """
 
+    def validate(self) -> list[tuple[str, str]]:
+        problems = super().validate()
+        for key in ('snapshot', 'reset'):
+            # conf['reset']: conf.reset is ConfigOpts's own method.
+            if self.conf[key] != 'none':
+                problems.append((
+                    key, f'{key}={self.conf[key]}: a '
+                    f'{self.conf.type} source makes no instances of its '
+                    'own to capture or reset; set it on the sources it '
+                    'draws from'))
+        return problems
+
     @property
     @abc.abstractmethod
     def children(self) -> list[str]:

@@ -85,6 +85,13 @@ class Source(abc.ABC):
         return self.default_maximum if configured is None else configured
 
     @property
+    def reset_mode(self) -> str:
+        """The ``reset`` key: what release does to an instance that stays
+        cached (none, recreate or snapshot). Read it here: ``conf.reset``
+        is oslo.config's own method, not the key."""
+        return self.conf['reset']
+
+    @property
     def configured_concurrency(self) -> int:
         """The ``concurrency`` key; 0 asks the instance."""
         return self.conf.concurrency

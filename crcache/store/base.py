@@ -76,6 +76,31 @@ class Definition:
     origin: dict[str, Any]
 
 
+#: A capture being made (by the process its ``op`` names).
+CAPTURING = 'capturing'
+#: A capture instances of its source start from.
+READY = 'ready'
+
+
+@dataclasses.dataclass
+class Capture:
+    """A source's provisioned state, captured by its backend (a snapshot).
+
+    One row per source and ``fingerprint`` (what shaped the captured
+    state: see :mod:`crcache.cache.snapshots`). ``state`` is
+    :data:`CAPTURING` while one process provisions and captures (its
+    ``op`` is that process's work record) and :data:`READY` once
+    ``capture`` holds the backend's id for it.
+    """
+
+    source: str
+    fingerprint: str
+    state: str
+    capture: str | None = None
+    created: float = 0.0
+    op: dict[str, Any] | None = None
+
+
 @dataclasses.dataclass
 class Waiter:
     """A process waiting for a source to have room (acquire --wait)."""
@@ -146,6 +171,24 @@ class Transaction(abc.ABC):
     @abc.abstractmethod
     def renew_waiter(self, ticket: int, process: dict[str, Any]) -> None:
         """Replace a waiter's process record (to renew its heartbeat)."""
+
+    @abc.abstractmethod
+    def captures(self, source: str | None = None) -> list[Capture]:
+        """The captures recorded (of ``source``, or of every source)."""
+
+    @abc.abstractmethod
+    def add_capture(self, capture: Capture) -> bool:
+        """Record a capture; False (and nothing written) if its source
+        already has one with that fingerprint."""
+
+    @abc.abstractmethod
+    def update_capture(self, source: str, fingerprint: str,
+                       **fields: Any) -> None:
+        """Change fields (``state``, ``capture``, ``op``) of a capture."""
+
+    @abc.abstractmethod
+    def delete_capture(self, source: str, fingerprint: str) -> None:
+        """Forget a capture (its backend resource is gone)."""
 
 
 class Store(abc.ABC):

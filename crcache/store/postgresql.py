@@ -34,7 +34,7 @@ from crcache.conftypes import Duration
 from crcache.store import base
 from crcache.store import sql
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: The advisory lock that serialises crcache's writers (an arbitrary
 #: 64-bit constant: 'crcache' in ASCII).
 LOCK_KEY = 0x6372636163686500
@@ -79,6 +79,16 @@ CREATE TABLE IF NOT EXISTS waiters (
     count INTEGER NOT NULL,
     process TEXT NOT NULL,
     created DOUBLE PRECISION NOT NULL
+)
+''', 2: '''
+CREATE TABLE IF NOT EXISTS captures (
+    source TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL,
+    capture TEXT,
+    created DOUBLE PRECISION NOT NULL,
+    op TEXT,
+    PRIMARY KEY (source, fingerprint)
 )
 '''}
 

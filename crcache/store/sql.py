@@ -201,3 +201,52 @@ class SQLTransaction(base.Transaction):
     def renew_waiter(self, ticket: int, process: dict[str, Any]) -> None:
         self._execute('UPDATE waiters SET process = ? WHERE id = ?',
                       (json.dumps(process), ticket))
+
+    # -- captures (snapshots) ---------------------------------------------
+
+    def captures(self, source: str | None = None) -> list[base.Capture]:
+        sql = ('SELECT source, fingerprint, state, capture, created, op '
+               'FROM captures')
+        args: list[Any] = []
+        if source is not None:
+            sql += ' WHERE source = ?'
+            args.append(source)
+        found = []
+        for row in self._execute(sql + ' ORDER BY source, created',
+                                 args).fetchall():
+            try:
+                op = json.loads(row[5]) if row[5] else None
+            except ValueError:
+                op = None
+            found.append(base.Capture(
+                row[0], row[1], row[2], row[3], row[4] or 0.0,
+                op if isinstance(op, dict) else None))
+        return found
+
+    def add_capture(self, capture: base.Capture) -> bool:
+        capture.created = capture.created or time.time()
+        cur = self._execute(
+            'INSERT INTO captures (source, fingerprint, state, capture, '
+            'created, op) VALUES (?, ?, ?, ?, ?, ?) '
+            'ON CONFLICT (source, fingerprint) DO NOTHING',
+            (capture.source, capture.fingerprint, capture.state,
+             capture.capture, capture.created,
+             json.dumps(capture.op) if capture.op is not None else None))
+        return cur.rowcount == 1
+
+    def update_capture(self, source: str, fingerprint: str,
+                       **fields: Any) -> None:
+        unknown = set(fields) - {'state', 'capture', 'op', 'created'}
+        if unknown:
+            raise TypeError(f'unknown capture fields: {sorted(unknown)}')
+        if 'op' in fields and fields['op'] is not None:
+            fields['op'] = json.dumps(fields['op'])
+        assignments = ', '.join(f'{key} = ?' for key in fields)
+        self._execute(
+            f'UPDATE captures SET {assignments} WHERE source = ? AND '
+            'fingerprint = ?', [*fields.values(), source, fingerprint])
+
+    def delete_capture(self, source: str, fingerprint: str) -> None:
+        self._execute(
+            'DELETE FROM captures WHERE source = ? AND fingerprint = ?',
+            (source, fingerprint))

@@ -30,7 +30,7 @@ from crcache import paths
 from crcache.store import base
 from crcache.store import sql
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Each version's statements, applied in order to bring a store up to date.
 _MIGRATIONS = {1: '''
 CREATE TABLE IF NOT EXISTS sources (
@@ -69,6 +69,16 @@ CREATE TABLE IF NOT EXISTS waiters (
 ''', 3: '''
 ALTER TABLE sources ADD COLUMN fingerprint TEXT;
 ALTER TABLE sources ADD COLUMN origin TEXT;
+''', 4: '''
+CREATE TABLE IF NOT EXISTS captures (
+    source TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL,
+    capture TEXT,
+    created REAL NOT NULL,
+    op TEXT,
+    PRIMARY KEY (source, fingerprint)
+);
 '''}
 #: Give up on a store that stays locked this long (seconds).
 LOCK_DEADLINE = 60.0

@@ -42,6 +42,7 @@ class DockerSource(base.BackendSource):
     warm_modules = ('crcache.sources.docker.engine', 'docker',
                     'docker.errors', 'requests.exceptions')
     opts = settings.OPTS
+    supports_snapshot = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -142,7 +143,7 @@ class DockerSource(base.BackendSource):
         except docker.errors.NotFound:
             raise self.error(f'image {image} was not found to pull')
 
-    def _create(self, name: str) -> base.Ref:
+    def _create(self, name: str, image: str | None = None) -> base.Ref:
         conf = self.conf
         binds = {}
         for item in conf.docker_volumes:
@@ -162,7 +163,7 @@ class DockerSource(base.BackendSource):
                   LABEL_STORE: self.owner}
         created = self.call(
             f'creating a container for {name}', self.api.create_container,
-            conf.docker_image,
+            image or conf.docker_image,
             command=['/bin/sh', '-c', conf.docker_keep_alive_command],
             name=container_name, labels=labels, detach=True,
             working_dir=conf.docker_workdir,
@@ -185,6 +186,40 @@ class DockerSource(base.BackendSource):
             # recorded (a crash mid-provision) go too.
             for other in self._owned({LABEL_INSTANCE: name}):
                 self._remove({'id': other['Id']})
+
+    # -- snapshots: committed images (see .captures) -------------------------
+
+    def snapshot_basis(self) -> dict[str, str]:
+        from crcache.sources.docker import captures
+        return captures.basis(self)
+
+    def take_capture(self, ref: base.Ref, fingerprint: str) -> str:
+        from crcache.sources.docker import captures
+        return captures.capture(self, ref, fingerprint)
+
+    def provision_from(self, names: list[str],
+                       capture: str) -> dict[str, base.Ref]:
+        from crcache.sources.docker import captures
+        import docker.errors
+        refs = {}
+        for name in names:
+            try:
+                refs[name] = self._create(name, image=capture)
+            except docker.errors.NotFound:
+                raise captures.missing(self, capture)
+            except exceptions.SourceError:
+                if not captures.exists(self, capture):
+                    raise captures.missing(self, capture)
+                raise
+        return refs
+
+    def list_captures(self, store_id: str) -> dict[str, str]:
+        from crcache.sources.docker import captures
+        return captures.listed(self, store_id)
+
+    def drop_capture(self, capture: str) -> None:
+        from crcache.sources.docker import captures
+        captures.drop(self, capture)
 
     def _remove(self, ref: base.Ref) -> None:
         import docker.errors

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import time
 
+from crcache.store import postgresql
 from crcache.tests.functional import base
 from crcache.tests.functional import postgres
 from crcache.tests.functional import test_ssh
@@ -245,5 +246,5 @@ class TestPostgres(PostgresTestCase):
         for proc in procs:
             out, err = proc.communicate(timeout=60)
             self.assertEqual(0, proc.returncode, err)
-        self.assertEqual('1\n', self.pg.psql(
+        self.assertEqual(f'{postgresql.SCHEMA_VERSION}\n', self.pg.psql(
             "SELECT value FROM meta WHERE key = 'schema_version'"))
