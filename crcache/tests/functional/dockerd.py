@@ -180,3 +180,21 @@ def remove_containers(host: str, store: str | None) -> None:
             client.remove_container(container['Id'], force=True)
         except Exception:
             pass
+
+
+def captures(host: str, store: str | None) -> list[dict]:
+    """The engine's images crcache captured for ``store``."""
+    if not store:
+        return []
+    return _client(host).images(
+        all=True, filters={'label': f'crcache.capture.store={store}'})
+
+
+def remove_captures(host: str, store: str | None) -> None:
+    """Remove a test's captured images (after its containers)."""
+    client = _client(host)
+    for image in captures(host, store):
+        try:
+            client.remove_image(image['Id'], force=True)
+        except Exception:
+            pass
