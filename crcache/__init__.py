@@ -34,6 +34,8 @@ _API = {
     'CapacityError': 'crcache.exceptions',
     'StoreError': 'crcache.exceptions',
     'SourceError': 'crcache.exceptions',
+    'CaptureGone': 'crcache.exceptions',
+    'CaptureInUse': 'crcache.exceptions',
     'CopyError': 'crcache.exceptions',
     'InstancePathError': 'crcache.exceptions',
     'PartialFailure': 'crcache.exceptions',
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
     from crcache.exceptions import CapacityError as CapacityError
     from crcache.exceptions import CommandFailed as CommandFailed
     from crcache.exceptions import ConfigError as ConfigError
+    from crcache.exceptions import CaptureGone as CaptureGone
+    from crcache.exceptions import CaptureInUse as CaptureInUse
     from crcache.exceptions import CopyError as CopyError
     from crcache.exceptions import CrcacheError as CrcacheError
     from crcache.exceptions import InstancePathError as InstancePathError

@@ -15,9 +15,11 @@ import json
 from crcache.testing.conformance.driver import DriverChecks
 from crcache.testing.conformance.files import FileChecks
 from crcache.testing.conformance.running import RunChecks
+from crcache.testing.conformance.snapshots import SnapshotChecks
 
 
-class SourceConformance(RunChecks, FileChecks, DriverChecks):
+class SourceConformance(RunChecks, FileChecks, DriverChecks,
+                        SnapshotChecks):
     """The conformance suite for a backend source type.
 
     Mix into a ``testtools.TestCase`` and supply :meth:`source_keys`::

@@ -2,7 +2,8 @@
 
 :mod:`~crcache.tests.functional.dockerd` provides the engine and the test
 image. Whatever a test leaves on the engine, pass or fail, is removed
-after it: the containers labelled with its state store's id.
+after it: the containers and captured images labelled with its state
+store's id.
 """
 
 from __future__ import annotations
@@ -54,4 +55,6 @@ class TestDocker(testing.SourceConformance, testtools.TestCase):
         return row[0] if row else None
 
     def _remove_containers(self) -> None:
-        dockerd.remove_containers(self.host, self.store_id())
+        store = self.store_id()
+        dockerd.remove_containers(self.host, store)
+        dockerd.remove_captures(self.host, store)

@@ -228,6 +228,39 @@ class TestPostgres(PostgresTestCase):
         self.crcache('release', name)
         self.assertEqual([], self.json('status', '-v'))
 
+    def test_captures_in_a_store_of_the_previous_schema(self) -> None:
+        """A shared store made before captures existed gains their
+        table (and keeps its instances); claims are one per fingerprint
+        whichever client makes them."""
+        self.acquire_names()
+        before = self.json('status', '-v')
+        self.pg.psql("DROP TABLE captures; UPDATE meta SET value = '1' "
+                     "WHERE key = 'schema_version'")
+        self.assertEqual([], json.loads(self.crcache(
+            'snapshot', 'list', '-f', 'json').stdout))
+        self.assertEqual(f'{postgresql.SCHEMA_VERSION}\n', self.pg.psql(
+            "SELECT value FROM meta WHERE key = 'schema_version'"))
+        self.assertEqual(before, self.json('status', '-v'))
+        from crcache.store import base as store_base
+        stores = [postgresql.PostgreSQLStore(self.pg.socket_url)
+                  for _ in range(2)]
+        for store in stores:
+            self.addCleanup(store.close)
+        claims = []
+        for store in stores:
+            with store.transaction() as tx:
+                claims.append(tx.add_capture(store_base.Capture(
+                    'h0', 'f1', store_base.CAPTURING, op={'pid': 1})))
+        self.assertEqual([True, False], claims)
+        with stores[1].transaction() as tx:
+            tx.update_capture('h0', 'f1', state=store_base.READY,
+                              capture='img', op=None)
+        rows = json.loads(self.crcache('snapshot', 'list', '--no-check',
+                                       '-f', 'json').stdout)
+        self.assertEqual([('h0', 'ready', 'f1', 'img')],
+                         [(r['source'], r['state'], r['fingerprint'],
+                           r['capture']) for r in rows])
+
     def test_newer_schema_is_refused(self) -> None:
         self.acquire_names()
         self.pg.psql("UPDATE meta SET value = '99' WHERE key = "

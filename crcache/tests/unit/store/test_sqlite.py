@@ -255,3 +255,71 @@ class TestTransactions(StoreTestCase):
         with second.transaction() as tx:
             self.assertEqual('src-1', instance(tx).name)
         self.assertEqual(['src-0', 'src-1'], self.names(first))
+
+
+class TestCaptures(StoreTestCase):
+    """The captures table (snapshot = provisioned)."""
+
+    def test_one_row_per_source_and_fingerprint(self) -> None:
+        store = self.open()
+        with store.transaction() as tx:
+            self.assertTrue(tx.add_capture(base.Capture(
+                'box', 'f1', base.CAPTURING, op={'pid': 1})))
+            # A second claim of the same fingerprint is refused...
+            self.assertFalse(tx.add_capture(base.Capture(
+                'box', 'f1', base.CAPTURING, op={'pid': 2})))
+            # ...another fingerprint or source is not.
+            self.assertTrue(tx.add_capture(base.Capture(
+                'box', 'f2', base.READY, capture='img')))
+            self.assertTrue(tx.add_capture(base.Capture(
+                'other', 'f1', base.READY, capture='img2')))
+        with store.reading() as tx:
+            [first, second] = tx.captures('box')
+            self.assertEqual(3, len(tx.captures()))
+        self.assertEqual(('f1', base.CAPTURING, None, {'pid': 1}),
+                         (first.fingerprint, first.state, first.capture,
+                          first.op))
+        self.assertEqual(('f2', 'img'), (second.fingerprint, second.capture))
+        self.assertGreater(first.created, 0)
+
+    def test_update_and_delete(self) -> None:
+        store = self.open()
+        with store.transaction() as tx:
+            tx.add_capture(base.Capture('box', 'f1', base.CAPTURING,
+                                        op={'pid': 1}))
+            tx.update_capture('box', 'f1', state=base.READY, capture='img',
+                              op=None)
+        with store.reading() as tx:
+            [row] = tx.captures('box')
+        self.assertEqual((base.READY, 'img', None),
+                         (row.state, row.capture, row.op))
+        with store.transaction() as tx:
+            self.assertRaises(TypeError, tx.update_capture, 'box', 'f1',
+                              source='x')
+            tx.delete_capture('box', 'f1')
+        with store.reading() as tx:
+            self.assertEqual([], tx.captures())
+
+    def test_a_store_of_the_previous_schema_is_upgraded(self) -> None:
+        """A state file written before captures existed gains the table
+        and keeps its instances."""
+        os.makedirs(self.directory, mode=0o700)
+        conn = sqlite3.connect(self.path)
+        for step in range(1, sqlite.SCHEMA_VERSION):
+            for statement in sqlite._MIGRATIONS[step].split(';'):
+                if statement.strip():
+                    conn.execute(statement)
+        conn.execute("INSERT INTO meta (key, value) VALUES ('store_id', "
+                     "'abc')")
+        conn.execute("INSERT INTO instances (name, source, seq, state, "
+                     "created, updated) VALUES ('box-0', 'box', 0, "
+                     "'cached', 1, 1)")
+        conn.execute(f'PRAGMA user_version={sqlite.SCHEMA_VERSION - 1}')
+        conn.commit()
+        conn.close()
+        store = self.open()
+        self.assertEqual('abc', store.store_id)
+        self.assertEqual(['box-0'], self.names(store))
+        with store.transaction() as tx:
+            self.assertTrue(tx.add_capture(base.Capture('box', 'f',
+                                                        base.READY)))
