@@ -230,15 +230,19 @@ class Client:
 
     # -- upkeep ---------------------------------------------------------
 
-    def fill(self, sources: Iterable[str] | None = None
-             ) -> list[InstanceInfo]:
+    def fill(self, sources: Iterable[str] | None = None, *,
+             replace: Iterable[str] | None = None) -> list[InstanceInfo]:
         """Provision cached instances until sources hold their
         ``reserve`` (default: every source with one), as ``crcache
         fill``. Returns the instances made; failures are raised together
-        once every other instance was tried."""
+        once every other instance was tried. ``replace`` names cached
+        instances to discard first, for fresh ones to take their place
+        (``crcache fill --replace``; then only their sources, and
+        ``sources``, are filled)."""
         selected = _names(sources)
         return [InstanceInfo._of(i)
-                for i in self._opened().fill(selected or None)]
+                for i in self._opened().fill(selected or None,
+                                             replace=_names(replace))]
 
     def gc(self, *, leaks: bool = False,
            forget: Iterable[str] | None = None) -> list[GcAction]:

@@ -142,14 +142,23 @@ class Cache:
         except exceptions.CrcacheError as err:
             LOG.warning('garbage collection before acquiring: %s', err)
 
-    def fill(self, names: Iterable[str] | None = None) -> list[Instance]:
+    def fill(self, names: Iterable[str] | None = None,
+             replace: Iterable[str] = ()) -> list[Instance]:
         """Provision instances until each source has its ``reserve``.
 
         New instances are cached, ready for the next acquire. Sources
         already at their reserve (or their maximum) get nothing. Returns
         the instances made; failures are reported together at the end,
-        after every other instance was tried.
+        after every other instance was tried. ``replace`` names cached
+        instances to discard first, so that fresh ones take their place
+        (what a release does with ``reset = recreate``, in the
+        background; see :mod:`crcache.cache.resets`).
         """
+        replace = list(replace)
+        if replace:
+            from crcache.cache import resets
+            return resets.replace_and_fill(self._life, self._provisioner,
+                                           replace, list(names or ()))
         return self._provisioner.fill(names)
 
     def release(self, names: Iterable[str], force: bool = False) -> None:

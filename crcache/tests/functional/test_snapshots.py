@@ -284,6 +284,34 @@ class TestReset(SnapshotTestCase):
             'status', '-v', '-f', 'json').stdout))
 
 
+class TestReplace(SnapshotTestCase):
+    """``crcache fill --replace``: what a reset runs, by hand."""
+
+    source_overrides = {'snapshot': 'provisioned', 'reserve': 1}
+
+    def test_replace_a_cached_instance(self) -> None:
+        [made] = json.loads(self.crcache('fill', '-f', 'json').stdout)
+        old = made['name']
+        container = self.container_of(old)['Id']
+        result = self.crcache('fill', '--replace', old, '-f', 'json')
+        [fresh] = json.loads(result.stdout)
+        self.assertNotEqual(old, fresh['name'])
+        self.assertEqual('cached', fresh['state'])
+        rows = json.loads(self.crcache('status', '-v', '-f', 'json').stdout)
+        self.assertEqual([(fresh['name'], 'cached')],
+                         [(r['name'], r['state']) for r in rows])
+        self.assertGone(container)
+        self.assertEqual(1, self.runs())  # the fresh one: from the capture
+
+    def test_an_instance_in_use_is_not_replaced(self) -> None:
+        [name] = self.acquire()
+        result = self.crcache('fill', '--replace', name, expect=None)
+        self.assertOneLineError(result, f"instance '{name}' is in-use",
+                                'only a cached instance')
+        self.assertEqual('provisioned\n',
+                         self.run_on(name, 'cat', '/marker').stdout)
+
+
 class TestConfigurationErrors(base.CLITestCase):
     """What a source type that cannot capture says (no engine needed)."""
 
