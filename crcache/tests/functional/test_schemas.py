@@ -61,7 +61,8 @@ class TestSchemas(base.CLITestCase):
         with open(OUTPUT_DOC) as f:
             doc = f.read()
         commands = listers()
-        self.assertEqual({'acquire', 'fill', 'gc', 'status', 'stores'},
+        self.assertEqual({'acquire', 'fill', 'gc', 'snapshot_drop',
+                          'snapshot_list', 'status', 'stores'},
                          set(commands))
         self.assertEqual(sorted(f'{name}.json' for name in commands),
                          sorted(os.listdir(SCHEMAS)))
@@ -74,10 +75,11 @@ class TestSchemas(base.CLITestCase):
     def output(self, command: str, *args: str, fmt: str = 'json',
                expect: int | None = 0) -> object:
         """``crcache COMMAND ARGS -f FMT``, validated against the schema."""
-        out = self.crcache(command, *args, '-f', fmt, expect=expect).stdout
+        out = self.crcache(*command.split(), *args, '-f', fmt,
+                           expect=expect).stdout
         data = json.loads(out) if fmt == 'json' else yaml.safe_load(out)
         jsonschema.Draft202012Validator(
-            schema(command),
+            schema(command.replace(' ', '_')),
             format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
         ).validate(data)
         return data
@@ -170,6 +172,24 @@ class TestSchemas(base.CLITestCase):
         rows = self.output('gc', '--forget', 'gone', fmt='yaml')
         self.assertEqual([('gone-0', 'forgotten')],
                          [(r['name'], r['action']) for r in rows])
+
+    def test_snapshot_list(self) -> None:
+        self.assertEqual([], self.validated('snapshot list'))
+        self.write_source('box', type='docker', docker_image='busybox')
+        self.crcache('status')  # makes the store
+        import sqlite3
+        with sqlite3.connect(os.path.join(self.cache_dir,
+                                          'state.db')) as conn:
+            conn.execute(
+                "INSERT INTO captures (source, fingerprint, state, capture, "
+                "created, op) VALUES ('box', '0123456789abcdef', 'ready', "
+                "'sha256:abc', ?, NULL), ('box', 'fedcba9876543210', "
+                "'capturing', NULL, ?, '{}')", (time.time() - 7200,
+                                                time.time()))
+        rows = self.validated('snapshot list', '--no-check')
+        self.assertEqual([('ready', '2h', None), ('capturing', '0s', None)],
+                         [(r['state'], r['age'], r['current'])
+                          for r in rows])
 
     def test_stores(self) -> None:
         from crcache.tests.functional import sshd

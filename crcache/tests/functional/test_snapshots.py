@@ -143,6 +143,9 @@ class TestProvisionOnce(SnapshotTestCase):
         [row] = self.snapshots()
         dropped = json.loads(self.crcache('snapshot', 'drop', 'box', '-f',
                                           'json').stdout)
+        import jsonschema
+        from crcache.tests.functional import test_schemas
+        jsonschema.validate(dropped, test_schemas.schema('snapshot_drop'))
         self.assertEqual([('box', 'dropped')],
                          [(a['source'], a['action']) for a in dropped])
         self.assertIn(row['capture'].split(':')[1][:12],
