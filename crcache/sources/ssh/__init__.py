@@ -14,5 +14,11 @@
 * :mod:`~crcache.sources.ssh.holder`: the process that keeps a
   connection open between commands, and its client.
 
-Nothing is imported here: the holder's client must stay light.
+Nothing of the type is imported here: the holder's client must stay
+light. What is done here, before any module of the type imports
+paramiko, is to defer ``invoke`` (see :mod:`crcache.lazyimports`).
 """
+
+from crcache import lazyimports
+
+lazyimports.defer(*lazyimports.UNUSED_BY_PARAMIKO)

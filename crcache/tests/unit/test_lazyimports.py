@@ -62,3 +62,19 @@ class TestDefer(testtools.TestCase):
                   'no_such_module_here' in sys.modules)
         ''')
         self.assertEqual('module False\n', out)
+
+    def test_paramiko_no_longer_loads_invoke(self) -> None:
+        """The ssh source defers invoke, which paramiko imports for
+        ``Match exec`` alone; a config that uses it still works."""
+        out = _python('''
+            import sys
+            import crcache.sources.ssh.connection
+            import paramiko
+            print(type(sys.modules['invoke']).__name__,
+                  'invoke.context' in sys.modules)
+            config = paramiko.SSHConfig.from_text(
+                'Match exec "exit 0"\\n    User matched\\n')
+            print(config.lookup('example.com')['user'])
+            print('invoke.context' in sys.modules)
+        ''')
+        self.assertEqual('_Deferred False\nmatched\nTrue\n', out)
