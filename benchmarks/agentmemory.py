@@ -53,11 +53,19 @@ def stop(runtime_dir, timeout=10.0):
     if not pids or not logs:
         print(f'(agentmemory: {len(pids)} agent processes, {len(logs)} '
               f'logs under {runtime_dir})', file=sys.stderr)
+    texts = {}
     for log in logs:
         with open(log, errors='replace') as f:
-            for match in _LINE.finditer(f.read()):
-                agent = max(agent or 0, int(match.group(1)))
-                worker = max(worker or 0, int(match.group(2)))
+            texts[log] = f.read()
+        for match in _LINE.finditer(texts[log]):
+            agent = max(agent or 0, int(match.group(1)))
+            worker = max(worker or 0, int(match.group(2)))
+    if agent is None:
+        # Say why: the end of each log (an agent that failed says so).
+        for log, text in texts.items():
+            tail = '\n  '.join(text.strip().splitlines()[-8:])
+            print(f'(agentmemory: {log} ends with:\n  {tail})',
+                  file=sys.stderr)
     return None if agent is None else (agent, worker)
 
 

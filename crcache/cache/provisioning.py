@@ -196,26 +196,30 @@ class Provisioner:
                 snapshots.gone(self.life, plan)
                 plan = snapshots.plan(self.life, source)
             else:
-                # Provisioned: what provision.d did is in the capture.
-                inst.concurrency = (
-                    source.configured_concurrency
-                    or call(source, 'probing concurrency',
-                            source.concurrency, inst.ref))
+                # Provisioned: what provision.d did is in the capture, and
+                # the captured instance's concurrency holds for this one.
+                inst.concurrency = (source.configured_concurrency
+                                    or plan.concurrency
+                                    or self._probe(source, inst))
                 return
         try:
             self._made(inst, source, call(source, 'provisioning',
                                           source.provision, [inst.name]))
             self.life.run_hooks(inst, hooks.PROVISION)
+            probed = (None if source.configured_concurrency
+                      else self._probe(source, inst))
         except BaseException:
             if plan is not None and plan.claimed:
                 snapshots.unclaim(self.life, plan)  # for the next one
             raise
         if plan is not None and plan.claimed:
-            snapshots.take(self.life, source, plan, inst.name, inst.ref)
-        inst.concurrency = (
-            source.configured_concurrency
-            or call(source, 'probing concurrency', source.concurrency,
-                    inst.ref))
+            snapshots.take(self.life, source, plan, inst.name, inst.ref,
+                           probed)
+        inst.concurrency = source.configured_concurrency or probed
+
+    def _probe(self, source: base.BackendSource, inst: Instance) -> int:
+        return call(source, 'probing concurrency', source.concurrency,
+                    inst.ref)
 
     def _made(self, inst: Instance, source: base.BackendSource,
               refs: dict[str, Any]) -> None:

@@ -99,6 +99,9 @@ class Plan:
     capture: str | None = None
     #: Whether this process is to capture what it provisions.
     claimed: bool = False
+    #: What an instance started from the capture takes (as probed on
+    #: the captured one), if known.
+    concurrency: int | None = None
 
 
 def plan(life: Lifecycle, source: base.BackendSource) -> Plan:
@@ -111,7 +114,8 @@ def plan(life: Lifecycle, source: base.BackendSource) -> Plan:
             if row.fingerprint != current:
                 continue
             if row.state == READY and row.capture:
-                return Plan(source.name, current, capture=row.capture)
+                return Plan(source.name, current, capture=row.capture,
+                            concurrency=row.concurrency)
             if row.state == CAPTURING and not abandoned(row, source):
                 return Plan(source.name, current)
             tx.delete_capture(source.name, current)
@@ -121,8 +125,9 @@ def plan(life: Lifecycle, source: base.BackendSource) -> Plan:
 
 
 def take(life: Lifecycle, source: base.BackendSource, plan: Plan,
-         name: str, ref: base.Ref) -> None:
-    """Capture the instance just provisioned for ``plan``; record it.
+         name: str, ref: base.Ref, concurrency: int | None) -> None:
+    """Capture the instance just provisioned for ``plan``; record it,
+    with the ``concurrency`` it was found to take.
 
     A failure is reported and leaves no claim: later instances run
     provision.d until a capture succeeds.
@@ -133,8 +138,7 @@ def take(life: Lifecycle, source: base.BackendSource, plan: Plan,
     try:
         with task:
             capture = call(source, f'capturing {name}', source.take_capture,
-                           ref,
-                           plan.fingerprint)
+                           ref, plan.fingerprint)
     except BaseException as err:
         with store.transaction() as tx:
             if _ours(tx, plan):
@@ -148,7 +152,8 @@ def take(life: Lifecycle, source: base.BackendSource, plan: Plan,
         mine = _ours(tx, plan)
         if mine:
             tx.update_capture(plan.source, plan.fingerprint, state=READY,
-                              capture=capture, created=time.time(), op=None)
+                              capture=capture, created=time.time(), op=None,
+                              concurrency=concurrency)
     if mine:
         LOG.info('%s: captured as %s for source %s', name, capture,
                  source.name)

@@ -90,7 +90,9 @@ class Capture:
     state: see :mod:`crcache.cache.snapshots`). ``state`` is
     :data:`CAPTURING` while one process provisions and captures (its
     ``op`` is that process's work record) and :data:`READY` once
-    ``capture`` holds the backend's id for it.
+    ``capture`` holds the backend's id for it. ``concurrency`` is what
+    the captured instance was found to take: instances started from the
+    capture take as many, unprobed.
     """
 
     source: str
@@ -99,6 +101,7 @@ class Capture:
     capture: str | None = None
     created: float = 0.0
     op: dict[str, Any] | None = None
+    concurrency: int | None = None
 
 
 @dataclasses.dataclass

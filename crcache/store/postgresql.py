@@ -86,6 +86,7 @@ CREATE TABLE IF NOT EXISTS captures (
     fingerprint TEXT NOT NULL,
     state TEXT NOT NULL,
     capture TEXT,
+    concurrency INTEGER,
     created DOUBLE PRECISION NOT NULL,
     op TEXT,
     PRIMARY KEY (source, fingerprint)

@@ -205,8 +205,8 @@ class SQLTransaction(base.Transaction):
     # -- captures (snapshots) ---------------------------------------------
 
     def captures(self, source: str | None = None) -> list[base.Capture]:
-        sql = ('SELECT source, fingerprint, state, capture, created, op '
-               'FROM captures')
+        sql = ('SELECT source, fingerprint, state, capture, created, op, '
+               'concurrency FROM captures')
         args: list[Any] = []
         if source is not None:
             sql += ' WHERE source = ?'
@@ -220,23 +220,25 @@ class SQLTransaction(base.Transaction):
                 op = None
             found.append(base.Capture(
                 row[0], row[1], row[2], row[3], row[4] or 0.0,
-                op if isinstance(op, dict) else None))
+                op if isinstance(op, dict) else None, row[6]))
         return found
 
     def add_capture(self, capture: base.Capture) -> bool:
         capture.created = capture.created or time.time()
         cur = self._execute(
             'INSERT INTO captures (source, fingerprint, state, capture, '
-            'created, op) VALUES (?, ?, ?, ?, ?, ?) '
+            'created, op, concurrency) VALUES (?, ?, ?, ?, ?, ?, ?) '
             'ON CONFLICT (source, fingerprint) DO NOTHING',
             (capture.source, capture.fingerprint, capture.state,
              capture.capture, capture.created,
-             json.dumps(capture.op) if capture.op is not None else None))
+             json.dumps(capture.op) if capture.op is not None else None,
+             capture.concurrency))
         return cur.rowcount == 1
 
     def update_capture(self, source: str, fingerprint: str,
                        **fields: Any) -> None:
-        unknown = set(fields) - {'state', 'capture', 'op', 'created'}
+        unknown = set(fields) - {'state', 'capture', 'op', 'created',
+                                 'concurrency'}
         if unknown:
             raise TypeError(f'unknown capture fields: {sorted(unknown)}')
         if 'op' in fields and fields['op'] is not None:

@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS captures (
     fingerprint TEXT NOT NULL,
     state TEXT NOT NULL,
     capture TEXT,
+    concurrency INTEGER,
     created REAL NOT NULL,
     op TEXT,
     PRIMARY KEY (source, fingerprint)

@@ -12,7 +12,7 @@ that image instead of ``docker_image``.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from crcache import exceptions
 
@@ -23,10 +23,20 @@ LABEL_FINGERPRINT = 'crcache.capture.fingerprint'
 
 
 def basis(source: Any) -> dict[str, str]:
-    """The id ``docker_image`` names now (pulled first if need be)."""
-    source._ensure_image()
-    info = source.call(f'looking up image {source.conf.docker_image}',
-                       source.api.inspect_image, source.conf.docker_image)
+    """The id ``docker_image`` names now (pulled first if need be).
+
+    One plain API call when the image is there (the SDK's session costs
+    milliseconds more, on every acquire of the source).
+    """
+    image = source.conf.docker_image
+    what = f'looking up image {image}'
+    info = source.request(what, 'GET', f'/images/{quote(image)}/json')
+    if info is None:
+        source._ensure_image()  # pulls it, or says why it cannot
+        info = source.request(what, 'GET', f'/images/{quote(image)}/json')
+    if not info or not info.get('Id'):
+        raise exceptions.SourceError(
+            source.name, f'{what}: the engine returned no image id')
     return {'image': info['Id']}
 
 

@@ -101,6 +101,10 @@ class TestProvisionOnce(SnapshotTestCase):
             self.assertEqual('provisioned\n',
                              self.run_on(name, 'cat', '/marker').stdout)
             self.assertEqual(image['Id'], self.image_of(name))
+        # The captured instance's concurrency holds for its copies.
+        rows = json.loads(self.crcache('status', '-v', '-f',
+                                       'json').stdout)
+        self.assertEqual(1, len({r['concurrency'] for r in rows}), rows)
         # status -v shows the capture.
         table = self.crcache('status', '-v').stdout
         self.assertRegex(table, r'box\s+ready\s+' + row['fingerprint'])
