@@ -236,6 +236,31 @@ class TestReset(SnapshotTestCase):
     source_overrides = {'snapshot': 'provisioned', 'reserve': 1,
                         'reset': 'recreate'}
 
+    def setUp(self) -> None:
+        super().setUp()
+        # Before the engine is cleaned: no reset of ours may still be
+        # making a container then.
+        self.addCleanup(self.wait_for, lambda: not self.resets_running(),
+                        60, 'background resets to end')
+
+    def resets_running(self) -> list[int]:
+        """The background resets (crcache fill --replace) of this test."""
+        mine = f"XDG_CACHE_HOME={self.env['XDG_CACHE_HOME']}".encode()
+        found = []
+        for entry in os.listdir('/proc'):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f'/proc/{entry}/cmdline', 'rb') as f:
+                    cmdline = f.read()
+                with open(f'/proc/{entry}/environ', 'rb') as f:
+                    environ = f.read().split(b'\0')
+            except OSError:
+                continue
+            if b'fill\0--replace' in cmdline and mine in environ:
+                found.append(int(entry))
+        return found
+
     def settled(self) -> bool:
         rows = json.loads(self.crcache('status', '-v', '-f',
                                        'json').stdout)
