@@ -23,13 +23,13 @@ class TestPreload(testtools.TestCase):
                 from crcache.config import Config
                 warmup.preload()
                 print('psycopg' in sys.modules)
-                root = tempfile.mkdtemp()
-                os.makedirs(os.path.join(root, 'stores', 'team'))
-                with open(os.path.join(root, 'stores', 'team',
-                                       'store.conf'), 'w') as f:
-                    f.write('[DEFAULT]\\ntype = postgresql\\n'
-                            'url = postgresql:///nowhere\\n')
-                warmup.warm_for(Config(roots=[root]))
+                with tempfile.TemporaryDirectory() as root:
+                    os.makedirs(os.path.join(root, 'stores', 'team'))
+                    with open(os.path.join(root, 'stores', 'team',
+                                           'store.conf'), 'w') as f:
+                        f.write('[DEFAULT]\\ntype = postgresql\\n'
+                                'url = postgresql:///nowhere\\n')
+                    warmup.warm_for(Config(roots=[root]))
                 print('psycopg' in sys.modules)
             ''')],
             capture_output=True, text=True, check=True).stdout
