@@ -107,14 +107,14 @@ COMMON_OPTS = [
                  ('recreate', 'a released instance is discarded and a '
                   'fresh one made in the background'),
                  ('snapshot', 'a released instance is restored to the '
-                  'capture in place, where the backend can')],
+                  'capture in place (no source type can yet)')],
         help='What release does to an instance that stays cached (see '
              'reserve): none keeps it as the last user left it; recreate '
              'discards it and makes a fresh one in the background (from '
              'the capture, with snapshot=provisioned), so the next '
-             'acquire gets a pristine instance; snapshot restores it to '
-             'the capture in place, for source types that can (it needs '
-             'snapshot=provisioned).'),
+             'acquire gets a pristine instance; snapshot is kept for source '
+             'types that will restore an instance to its capture in place '
+             '(none can yet: it is refused).'),
     cfg.Opt(
         'discard_timeout',
         type=Duration(),

@@ -46,9 +46,6 @@ class BackendSource(Source):
     #: :meth:`drop_capture`. ``snapshot = provisioned`` on a type that
     #: cannot is a configuration error naming the key.
     supports_snapshot: ClassVar[bool] = False
-    #: Whether it can also put an instance back to a capture in place
-    #: (``reset = snapshot``): then implement :meth:`restore` too.
-    supports_restore: ClassVar[bool] = False
 
     @abc.abstractmethod
     def provision(self, names: list[str]) -> dict[str, Ref]:
@@ -224,18 +221,15 @@ class BackendSource(Source):
                 f'can capture instances, and type {kind} cannot (docker '
                 'can); use snapshot=none'))
         if self.reset_mode == 'snapshot':
-            if not self.supports_restore:
-                problems.append((
-                    'reset',
-                    f'reset=snapshot needs a source type that can restore '
-                    f'an instance in place, and type {kind} cannot; use '
-                    'reset=recreate, which makes a fresh one (from the '
-                    'capture, with snapshot=provisioned)'))
-            elif self.conf.snapshot != 'provisioned':
-                problems.append((
-                    'reset',
-                    'reset=snapshot restores the capture, so it needs '
-                    'snapshot=provisioned'))
+            # The contract has no in-place restore yet: no backend crcache
+            # knows can put a container or a host back to a capture
+            # without making it anew, which is what recreate does.
+            problems.append((
+                'reset',
+                f'reset=snapshot needs a source type that can restore an '
+                f'instance in place, and type {kind} cannot (no type can '
+                'yet); use reset=recreate, which makes a fresh one (from '
+                'the capture, with snapshot=provisioned)'))
         if self.reset_mode != 'none' and not self.reserve:
             problems.append((
                 'reset',
@@ -307,16 +301,6 @@ class BackendSource(Source):
         """
         raise NotImplementedError(
             f'{type(self).__name__} has no captures to drop')
-
-    def restore(self, ref: Ref, capture: str) -> None:
-        """Put a released resource back to ``capture``, in place
-        (``reset = snapshot``, only where :attr:`supports_restore`).
-
-        :raises ~crcache.exceptions.SourceError: when it cannot; the
-            instance is then discarded rather than cached.
-        """
-        raise NotImplementedError(
-            f'{type(self).__name__} cannot restore instances in place')
 
     def copy_in(self, ref: Ref, src: str, dst: str, recursive: bool) -> None:
         """Copy local ``src`` to ``dst`` on the resource (like ``cp -p``).

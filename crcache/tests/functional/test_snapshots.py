@@ -354,12 +354,17 @@ class TestConfigurationErrors(base.CLITestCase):
         self.assertOneLineError(result, path, 'snapshot',
                                 'type local cannot')
 
-    def test_reset_snapshot_needs_restore(self) -> None:
-        path = self.write_source('here', type='local', reserve=1,
-                                 reset='snapshot')
-        result = self.crcache('acquire', '-s', 'here', expect=None)
-        self.assertOneLineError(result, path, 'reset',
-                                'restore an instance in place')
+    def test_reset_snapshot_is_refused_for_every_type(self) -> None:
+        for kind, keys in (('local', {}),
+                           ('docker', {'docker_image': 'busybox',
+                                       'snapshot': 'provisioned'})):
+            path = self.write_source('here', type=kind, reserve=1,
+                                     reset='snapshot', **keys)
+            result = self.crcache('acquire', '-s', 'here', expect=None)
+            self.assertOneLineError(result, path, 'reset',
+                                    'restore an instance in place',
+                                    f'type {kind} cannot',
+                                    'use reset=recreate')
 
     def test_reset_without_reserve(self) -> None:
         path = self.write_source('here', type='local', reset='recreate')
