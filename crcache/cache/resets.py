@@ -54,6 +54,13 @@ def log_path(env: Any) -> str:
     return os.path.join(_dir(env), 'reset.log')
 
 
+def _open_log(env: Any) -> int:
+    """The reset log, opened to append (private, made if need be)."""
+    paths.ensure_private_dir(_dir(env))
+    return os.open(log_path(env), os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                   0o600)
+
+
 def start(life: Any, name: str) -> None:
     """Reset instance ``name`` (marked discarding) in the background:
     ``crcache fill --replace NAME``, through the agent where there is
@@ -62,9 +69,7 @@ def start(life: Any, name: str) -> None:
     env = life.hook_env()
     env.pop('CRCACHE_INSTANCE', None)
     env[BACKGROUND_ENV] = '1'
-    directory = paths.ensure_private_dir(_dir(env))
-    log = os.open(os.path.join(directory, 'reset.log'),
-                  os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    log = _open_log(env)
     try:
         # After a pause (see PAUSE), by sh, whose pid the command keeps.
         proc = subprocess.Popen(
@@ -182,10 +187,10 @@ def replace_and_fill(life: Any, provisioner: Any, names: list[str],
     done: list[tuple[str, str]] = []
     try:
         for name in names:
-            source = _source_of(life, name)
             try:
-                replace(life, name)
+                source = replace(life, name)
             except exceptions.CrcacheError as err:
+                source = _source_of(life, name)
                 if source is not None:
                     _ended(env, source, name, str(err))
                 raise
@@ -222,10 +227,7 @@ def _ended(env: Any, source: str, instance: str, error: str | None,
         line = (f'{stamp} {instance}: reset: discarded, {source} refilled'
                 + (f' ({", ".join(fresh)})' if fresh else ''))
     try:
-        directory = paths.ensure_private_dir(_dir(env))
-        fd = os.open(os.path.join(directory, 'reset.log'),
-                     os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, 'a') as f:
+        with os.fdopen(_open_log(env), 'a') as f:
             f.write(line + '\n')
         _record(env, source, instance, error)
     except OSError as err:

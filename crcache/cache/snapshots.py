@@ -273,16 +273,20 @@ def collect(life: Lifecycle, store: Store, leaks: bool) -> list[Action]:
     Abandoned ``capturing`` rows are forgotten; captures whose
     fingerprint is no longer the source's (or whose source no longer
     captures) are removed; labelled captures the store does not record
-    are leaks, listed, and removed with ``leaks``.
+    are leaks, listed, and removed with ``leaks``. Only sources that
+    capture, or have captures recorded, are looked at
+    (``crcache snapshot drop`` removes whatever else is labelled).
     """
     with store.reading() as tx:
         recorded = tx.captures()
+    # Sources that capture, or have captures recorded: a type that can
+    # capture but never was asked to is not asked for its captures on
+    # every pass (a docker call each).
     names = {row.source for row in recorded}
     for name in life.config.usable_names():
-        if life.config.store_of(name) == store.name:
-            source = kinds.backend(life.config.source(name))
-            if source is not None and source.supports_snapshot:
-                names.add(name)
+        if (life.config.store_of(name) == store.name
+                and wanted(life.config.source(name))):
+            names.add(name)
     actions: list[Action] = []
     for name in sorted(names):
         if not life.config.usable(name) or life.config.store_of(
